@@ -1,0 +1,42 @@
+"""The root ``advbench`` group; commands are attached lazily so ``advbench --help`` stays fast."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from advbench import __version__
+from advbench.errors import UserError
+
+
+class Group(click.Group):
+    """A click group that prints a :class:`UserError` as one line and exits with code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Group)
+@click.version_option(__version__, prog_name="advbench")
+def cli():
+    """Benchmark anti-adaptation defenses of text-to-image diffusion models."""
+
+
+def _attach_commands() -> None:
+    from advbench.cli import bench, leaderboard, listing, run
+
+    for module in (run, bench, leaderboard, listing):
+        module.attach(cli)
+    from advbench.plugins import add_commands
+
+    add_commands(cli)
+
+
+def main() -> None:
+    _attach_commands()
+    cli(prog_name="advbench")

@@ -1,0 +1,250 @@
+"""The small abstract classes every plugin implements, and the data that flows between them.
+
+Importing this module never imports torch: plugins are registered and listed without it.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from advbench.errors import ConstraintError, DataError
+from advbench.params import NoParams
+
+if TYPE_CHECKING:
+    from advbench.model import Model
+
+THREAT_MODELS = ("compliant", "unconstrained")
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class Example:
+    """One captioned image of a class: ``image`` (uint8 H×W×3) in memory, or a ``path`` to load it from."""
+
+    text: str
+    cls: str
+    image: np.ndarray | None = None
+    path: str | None = None
+
+    def pixels(self) -> np.ndarray:
+        if self.image is None:
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(self.path) as img:
+                    self.image = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            except (OSError, UnidentifiedImageError) as exc:
+                raise DataError(f"cannot read image {self.path}: {exc}; replace or remove it") from None
+        return self.image
+
+
+@dataclass
+class PublisherData:
+    """What a defense may see: the publisher's share of each illegal and legal class."""
+
+    illegal: dict[str, list[Example]]
+    legal: dict[str, list[Example]]
+
+
+@dataclass
+class AttackData:
+    """What an attack sees for one attacked class: the attacker's share of that class only."""
+
+    cls: str
+    examples: list[Example]
+    role: str  # "illegal" or "legal"
+
+
+# -------------------------------------------------------------------------------------- constraints
+@dataclass
+class Constraint:
+    """A fine-tuning constraint a defense imposes through the publisher's fine-tuning API."""
+
+    kind: ClassVar[str] = "constraint"
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass
+class FreezeMask(Constraint):
+    """Tensors of one model component (default the UNet) that the attacker may not change, by parameter name."""
+
+    kind: ClassVar[str] = "freeze_mask"
+    frozen: dict[str, bool]
+    component: str = "unet"
+
+    def frozen_names(self) -> list[str]:
+        return sorted(n for n, f in self.frozen.items() if f)
+
+    def ratio(self) -> float:
+        return sum(self.frozen.values()) / max(len(self.frozen), 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "component": self.component, "frozen": dict(sorted(self.frozen.items()))}
+
+
+CONSTRAINT_TYPES: dict[str, type[Constraint]] = {"freeze_mask": FreezeMask}
+
+
+def constraint_from_json(data: dict[str, Any]) -> Constraint:
+    kind = data.get("kind")
+    if kind not in CONSTRAINT_TYPES:
+        raise DataError(f"unknown constraint kind {kind!r}; known: {', '.join(CONSTRAINT_TYPES)}")
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    return CONSTRAINT_TYPES[kind](**fields)
+
+
+@dataclass
+class ProtectedModel:
+    """A defense's output: (possibly new) weights plus constraints the compliant attacker honours."""
+
+    model: Model
+    constraints: list[Constraint] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-able facts for the result record
+
+    def constraint(self, kind: str) -> Constraint | None:
+        return next((c for c in self.constraints if c.kind == kind), None)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.model.save(folder / "model")
+        (folder / "constraints.json").write_text(json.dumps([c.to_json() for c in self.constraints]))
+        (folder / "info.json").write_text(json.dumps(self.info, sort_keys=True))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ProtectedModel:
+        from advbench.model import Model
+
+        folder = Path(folder)
+        constraints = [constraint_from_json(c) for c in json.loads((folder / "constraints.json").read_text())]
+        info = json.loads((folder / "info.json").read_text())
+        return cls(Model.load(folder / "model"), constraints, info)
+
+
+# ------------------------------------------------------------------------------------------ context
+@dataclass
+class Context:
+    """Run-time facts a plugin may use; plugins never pick devices, seeds or folders themselves."""
+
+    seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", "mps"
+    mixed_precision: str = "no"  # "no", "fp16", "bf16" (accelerate's names)
+    threat_model: str = "compliant"
+    work_dir: Path = field(default_factory=lambda: Path("."))  # this stage's folder for artifacts
+    progress: bool = True
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[dim]{message}[/dim]")
+
+
+# ------------------------------------------------------------------------------------------ plugins
+class Plugin:
+    """Base of all plugins: a ``Params`` dataclass and an instance built from validated params."""
+
+    name: ClassVar[str] = ""  # set by the registry
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any = None):
+        self.params = params if params is not None else self.Params()
+
+
+class Defense(Plugin, abc.ABC):
+    """Publisher side: protect a pre-trained model using only the publisher's share of the data."""
+
+    @abc.abstractmethod
+    def protect(self, model: Model, publisher_data: PublisherData, ctx: Context) -> ProtectedModel:
+        """Return the protected model: new weights and/or constraints."""
+
+
+class Attack(Plugin, abc.ABC):
+    """Attacker side: adapt a protected model on the attacker's share of one class."""
+
+    constraints_understood: ClassVar[frozenset[str]] = frozenset()
+
+    def effective_constraints(self, protected: ProtectedModel, threat_model: str) -> list[Constraint]:
+        """The constraints this attack must honour: none if unconstrained, else all (each must be understood)."""
+        if threat_model == "unconstrained":
+            return []
+        for c in protected.constraints:
+            if c.kind not in self.constraints_understood:
+                raise ConstraintError(
+                    f"attack '{self.name}' cannot honour constraint '{c.kind}' under the compliant threat model; "
+                    f"choose an attack that understands it or run with --threat-model unconstrained"
+                )
+        return list(protected.constraints)
+
+    @abc.abstractmethod
+    def adapt(self, protected: ProtectedModel, data: AttackData, ctx: Context) -> Model:
+        """Return the adapted model; honour ``self.effective_constraints(protected, ctx.threat_model)``."""
+
+
+class Dataset(abc.ABC):
+    """Captioned images grouped into named classes (see :mod:`advbench.data` for the implementation)."""
+
+    @abc.abstractmethod
+    def classes(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def examples(self, cls: str) -> list[Example]: ...
+
+
+class DatasetSource(Plugin, abc.ABC):
+    """A plugin that loads a :class:`Dataset` (an image folder, a procedural generator, ...)."""
+
+    @abc.abstractmethod
+    def load(self) -> Dataset: ...
+
+
+class Metric(Plugin, abc.ABC):
+    """Scores one class's generated images; a lower or higher value means a better forgery, as declared."""
+
+    higher_is_better: ClassVar[bool] = True
+    needs_references: ClassVar[bool] = True
+    needs_prompts: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def score(self, images: np.ndarray, references: np.ndarray | None, prompts: list[str] | None,
+              ctx: Context) -> float:
+        """``images`` and ``references`` are uint8 arrays N×H×W×3; ``prompts`` align with ``images``."""
+
+
+class Domain(Plugin, abc.ABC):
+    """A benchmark scenario: a dataset, its illegal and legal classes, prompts, metrics and default model."""
+
+    primary_metric: ClassVar[str] = ""
+    extra_metrics: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def dataset(self) -> Dataset: ...
+
+    @abc.abstractmethod
+    def illegal_classes(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def legal_classes(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def prompts(self, cls: str) -> list[str]:
+        """Evaluation prompts of ``cls``."""
+
+    @abc.abstractmethod
+    def base_model(self) -> Model:
+        """The pre-trained model this domain is benchmarked on by default."""
+
+    def metric_params(self, metric: str) -> dict[str, Any]:
+        """Parameters to build the named metric with (e.g. the judge weights that fit this domain)."""
+        return {}
+
+    def split_seed(self, seed: int) -> int:
+        """The seed of the publisher/attacker/reference split for a cell seed (default: the same)."""
+        return seed

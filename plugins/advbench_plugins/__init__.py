@@ -1,0 +1,1 @@
+"""advbench's built-in plugins: baselines, defenses, attacks and the embedded tiny world."""
