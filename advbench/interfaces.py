@@ -245,6 +245,10 @@ class Domain(Plugin, abc.ABC):
         """Parameters to build the named metric with (e.g. the judge weights that fit this domain)."""
         return {}
 
+    def sampling(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`advbench.sampling.SamplingConfig` for this domain's evaluation."""
+        return {}
+
     def split_seed(self, seed: int) -> int:
         """The seed of the publisher/attacker/reference split for a cell seed (default: the same)."""
         return seed

@@ -1,0 +1,19 @@
+"""Shared test set-up: one torch thread (the suite runs on 2 shared cores) and isolated caches."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVBENCH_CACHE", str(tmp_path / "cache"))
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    yield
