@@ -214,8 +214,12 @@ class Metric(Plugin, abc.ABC):
 
     @abc.abstractmethod
     def score(self, images: np.ndarray, references: np.ndarray | None, prompts: list[str] | None,
-              ctx: Context) -> float:
-        """``images`` and ``references`` are uint8 arrays N×H×W×3; ``prompts`` align with ``images``."""
+              ctx: Context, cls: str | None = None) -> float:
+        """Score one class's generated images.
+
+        ``images`` and ``references`` are uint8 arrays N×H×W×3; ``prompts`` align with ``images``; ``cls`` is
+        the class the images were generated for (recognition metrics compare against the other classes).
+        """
 
 
 class Domain(Plugin, abc.ABC):
