@@ -1,8 +1,14 @@
-"""Built-in defenses, registered through the `advbench` entry-point group like any third-party plugin."""
+"""Built-in defenses, registered through the `advbench` entry-point group like any third-party plugin.
+
+References are lazy ("module:Class") so that listing plugins imports no torch.
+"""
 
 from advbench.hookspecs import hookimpl
 
 
 @hookimpl
 def register_defenses(register):
-    pass
+    register("none", "advbench_plugins.defenses.none:NoDefense",
+             "No defense: the undefended baseline every score is compared with.")
+    register("random", "advbench_plugins.defenses.random:RandomFreeze",
+             "Random-p freezing of UNet tensors (FreezeAsGuard's R-p baseline).")

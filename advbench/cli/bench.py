@@ -1,0 +1,77 @@
+"""``advbench bench SPEC.toml``: run a grid of cells with a live table; resumable; optional regression check."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--results", default=None, help="Results JSONL (default: the spec's `results`, else results/<name>.jsonl).")
+@click.option("--check", "check_csv", default=None, type=click.Path(dir_okay=False),
+              help="Leaderboard CSV to compare with; exit 1 when a defense regressed.")
+@click.option("--tolerance", type=float, default=0.05, show_default=True,
+              help="Allowed absolute drop of mitigation power / rise of legal impact for --check.")
+@click.option("--dry-run", is_flag=True, help="Validate the spec and list the cells without running them.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Stage cache folder (default: $ADVBENCH_CACHE or .advbench_cache).")
+@click.option("--no-cache", is_flag=True, help="Recompute every stage.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps, or auto.")
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
+def bench(spec_path, results, check_csv, tolerance, dry_run, **execution):
+    """Run every cell of a benchmark spec (finished cells are skipped, so a killed run resumes)."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from advbench.cli.options import run_options
+    from advbench.cli.tables import cells_table
+    from advbench.results import ResultStore, cell_id
+    from advbench.runner import run_cell
+    from advbench.spec import load_spec
+
+    spec = load_spec(spec_path)
+    results = results or spec.results or f"results/{spec.name}.jsonl"
+    store = ResultStore(results)
+    done = store.finished_ids()
+    ids = [cell_id(cell.to_json()) for cell in spec.cells]
+    console = Console(stderr=True)
+    if dry_run:
+        for cell, cid in zip(spec.cells, ids):
+            console.print(f"{'done' if cid in done else 'todo'}  {cid}  {cell.describe()}")
+        return
+    current = {"text": ""}
+    options = run_options(**execution, quiet=True,
+                          on_stage=lambda name, entry: current.update(text=f"{name} {entry['class'] or ''}"))
+    rows = []
+    title = f"{spec.name}: {len(spec.cells)} cells -> {results}"
+    with Live(cells_table(rows, title), console=console, refresh_per_second=2, transient=False) as live:
+        for index, (cell, cid) in enumerate(zip(spec.cells, ids), 1):
+            skipped = cid in done
+            live.update(cells_table(rows + [_row(cell, None, f"running ({index}/{len(ids)})")], title))
+            record = run_cell(cell, store, options)
+            rows.append(_row(cell, record, "skipped (done)" if skipped else "done"))
+            live.update(cells_table(rows, title))
+    console.print(f"{len(ids)} cells finished; results in {results}")
+    if check_csv:
+        from advbench.cli.leaderboard import check_command
+
+        records = [r for r in store.records() if r["cell_id"] in set(ids)]
+        if not check_command(records, check_csv, tolerance):
+            sys.exit(1)
+
+
+def _row(cell, record, status):
+    row = {"domain": cell.domain.display_label(), "defense": cell.defense.display_label(),
+           "attack": cell.attack.display_label(), "threat": cell.threat_model, "seed": cell.seed, "status": status}
+    if record is not None:
+        primary = record["metrics"]["primary"]
+        row["illegal"] = record["metrics"]["illegal"].get(primary, "")
+        row["legal"] = record["metrics"]["legal"].get(primary, "")
+        row["seconds"] = record["total_seconds"]
+    return row
+
+
+def attach(cli: click.Group) -> None:
+    cli.add_command(bench)

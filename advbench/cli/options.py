@@ -1,0 +1,46 @@
+"""Options shared by ``run`` and ``bench``: where results and caches go, and device/precision."""
+
+from __future__ import annotations
+
+import click
+
+from advbench.errors import UserError
+
+
+def execution_options(func):
+    """--cache-dir, --no-cache, --device, --mixed-precision, --quiet."""
+    decorators = [
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="Stage cache folder (default: $ADVBENCH_CACHE or .advbench_cache)."),
+        click.option("--no-cache", is_flag=True, help="Recompute every stage (results are still appended)."),
+        click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda, cuda:N, mps, or auto (cuda when available)."),
+        click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no",
+                     show_default=True, help="Mixed precision for fine-tuning (accelerate)."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → cuda if torch sees a GPU, else cpu; a named GPU that is absent is a user error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} was requested but torch sees no CUDA GPU; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps was requested but MPS is not available; use --device cpu")
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise UserError(f"unknown --device {device!r}; use cpu, cuda, cuda:N, mps or auto")
+    return device
+
+
+def run_options(cache_dir, no_cache, device, mixed_precision, quiet, **extra):
+    from advbench.runner import RunOptions
+
+    return RunOptions(cache_dir=cache_dir, use_cache=not no_cache, device=resolve_device(device),
+                      mixed_precision=mixed_precision, progress=not quiet, **extra)

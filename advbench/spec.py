@@ -1,0 +1,131 @@
+"""Benchmark specs: a TOML grid of defenses × attacks × domains × threat models × seeds.
+
+```toml
+name = "ci"
+results = "results/ci.jsonl"       # default results file (``advbench bench --results`` overrides)
+seeds = [0, 1, 2]
+threat_models = ["compliant"]      # and/or "unconstrained"
+model = "path/to/model"            # optional: a local model folder instead of each domain's default
+
+[[domains]]
+name = "portraits"
+params = { n_illegal = 2, n_legal = 2 }
+
+[[defenses]]
+name = "random"
+label = "R"                        # optional; a sweep appends "[p=0.3]"
+sweep = { p = [0.1, 0.3, 0.5] }    # optional: one entry per value (cross product over several keys)
+
+[[attacks]]
+name = "fullft"
+params = { steps = 100 }
+```
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from advbench.cells import Cell, PluginSpec
+from advbench.errors import UserError
+
+TOP_KEYS = {"name", "description", "results", "seeds", "threat_models", "model", "domains", "defenses", "attacks"}
+ENTRY_KEYS = {"name", "params", "label", "sweep"}
+SECTIONS = {"domains": "domain", "defenses": "defense", "attacks": "attack"}
+
+
+@dataclass
+class BenchSpec:
+    """A parsed benchmark spec."""
+
+    name: str
+    path: Path
+    results: str | None
+    cells: list[Cell] = field(default_factory=list)
+
+
+def _unknown_key(key: str, allowed: set[str], where: str) -> UserError:
+    close = difflib.get_close_matches(key, sorted(allowed), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return UserError(f"{where}: unknown key '{key}'.{hint} Allowed: {', '.join(sorted(allowed))}")
+
+
+def _expand_entry(entry: Any, kind: str, where: str) -> list[PluginSpec]:
+    if not isinstance(entry, dict):
+        raise UserError(f"{where} must be a table like {{ name = \"...\" }}, not {entry!r}")
+    for key in entry:
+        if key not in ENTRY_KEYS:
+            raise _unknown_key(key, ENTRY_KEYS, where)
+    if not isinstance(entry.get("name"), str):
+        raise UserError(f"{where} needs a name, e.g. name = \"none\"")
+    params = entry.get("params", {})
+    sweep = entry.get("sweep", {})
+    if not isinstance(params, dict) or not isinstance(sweep, dict):
+        raise UserError(f"{where}: params and sweep must be tables, e.g. params = {{ p = 0.3 }}")
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{where}: sweep.{key} must be a non-empty list, e.g. sweep = {{ {key} = [1, 2] }}")
+    label = entry.get("label")
+    if not sweep:
+        return [PluginSpec(kind, entry["name"], dict(params), label)]
+    specs = []
+    keys = sorted(sweep)
+    for values in itertools.product(*(sweep[k] for k in keys)):
+        combo = dict(zip(keys, values))
+        suffix = ",".join(f"{k}={v}" for k, v in combo.items())
+        specs.append(PluginSpec(kind, entry["name"], {**params, **combo},
+                                f"{label or entry['name']}[{suffix}]"))
+    return specs
+
+
+def load_spec(path: str | Path) -> BenchSpec:
+    """Parse and validate a spec; every plugin and parameter is resolved before anything runs."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"bench spec {path} does not exist; pass the path of a .toml spec (see benchmarks/)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read bench spec {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"bench spec {path} is not valid TOML: {exc}; fix the file") from None
+    for key in data:
+        if key not in TOP_KEYS:
+            raise _unknown_key(key, TOP_KEYS, f"bench spec {path}")
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise UserError(f"bench spec {path}: seeds must be a non-empty list of non-negative integers")
+    threats = data.get("threat_models", ["compliant"])
+    if not isinstance(threats, list) or not threats:
+        raise UserError(f"bench spec {path}: threat_models must be a non-empty list")
+    lists: dict[str, list[PluginSpec]] = {}
+    for section, kind in SECTIONS.items():
+        entries = data.get(section)
+        if not isinstance(entries, list) or not entries:
+            raise UserError(f"bench spec {path} needs at least one [[{section}]] table with a name")
+        lists[section] = [spec for i, entry in enumerate(entries)
+                          for spec in _expand_entry(entry, kind, f"bench spec {path}: {section}[{i}]")]
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise UserError(f"bench spec {path}: model must be a path string")
+    cells = [Cell(defense, attack, domain, threat, seed, model)
+             for domain in lists["domains"] for defense in lists["defenses"] for attack in lists["attacks"]
+             for threat in threats for seed in seeds]
+    for cell in cells:
+        cell.validate()
+    for section, specs in lists.items():
+        seen: dict[str, dict[str, Any]] = {}
+        for spec in specs:
+            label = spec.display_label()
+            if seen.setdefault(label, spec.params) != spec.params:
+                raise UserError(f"bench spec {path}: two {section} share the label '{label}' with different "
+                                "params; give each a distinct label")
+    results = data.get("results")
+    if results is not None and not isinstance(results, str):
+        raise UserError(f"bench spec {path}: results must be a path string")
+    return BenchSpec(name=str(data.get("name", path.stem)), path=path, results=results, cells=cells)
