@@ -17,3 +17,19 @@ def _isolated(tmp_path, monkeypatch):
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture
+def temp_plugin():
+    """Register plugin objects (modules or classes with hookimpls) for one test only."""
+    from advbench import plugins
+
+    names = []
+
+    def register(obj, name):
+        plugins.register_plugin(obj, name)
+        names.append(name)
+
+    yield register
+    for name in names:
+        plugins.unregister_plugin(name)

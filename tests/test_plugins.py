@@ -1,0 +1,125 @@
+"""Plugin loading: entry points, allow-list, broken plugins, a third-party package, no torch at listing."""
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advbench import plugins
+from advbench.errors import PluginError
+from advbench.hookspecs import hookimpl
+from advbench.interfaces import Defense
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fresh_plugins():
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+class ToyDefense(Defense):
+    """Toy."""
+
+    def protect(self, model, publisher_data, ctx):
+        raise NotImplementedError
+
+
+def test_builtins_come_from_entry_points(fresh_plugins):
+    entry = plugins.registry("defense").entry("random")
+    assert entry.source == "advbench:builtin_defenses"
+    eps = {ep.name for ep in importlib.metadata.entry_points(group="advbench")}
+    assert {"builtin_defenses", "builtin_attacks", "builtin_world"} <= eps
+
+
+def test_allow_list(fresh_plugins, monkeypatch):
+    monkeypatch.setenv("ADVBENCH_PLUGINS", "builtin_defenses")
+    assert "random" in plugins.registry("defense")
+    assert plugins.registry("attack").names() == []
+    monkeypatch.setenv("ADVBENCH_PLUGINS", "")
+    plugins.reset()
+    assert plugins.registry("defense").names() == []
+
+
+def test_broken_entry_point_is_skipped_with_warning(fresh_plugins, monkeypatch):
+    real = importlib.metadata.entry_points
+
+    def with_broken(group=None, **kw):
+        eps = list(real(group=group, **kw))
+        return eps + [importlib.metadata.EntryPoint("broken", "no_such_plugin_module_xyz", "advbench")]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", with_broken)
+    with pytest.warns(plugins.PluginWarning, match="broken.*failed to load"):
+        plugins.get_plugin_manager()
+    assert "fullft" in plugins.registry("attack")
+
+
+def test_broken_hook_is_skipped_with_warning(temp_plugin):
+    class Broken:
+        @hookimpl
+        def register_defenses(self, register):
+            raise RuntimeError("boom")
+
+    temp_plugin(Broken(), "broken-hook")
+    with pytest.warns(plugins.PluginWarning, match="broken-hook.*boom"):
+        names = plugins.registry("defense").names()
+    assert "none" in names and "random" in names
+
+
+def test_duplicate_across_plugins_names_both(temp_plugin):
+    class Dup:
+        @hookimpl
+        def register_defenses(self, register):
+            register("random", ToyDefense)
+
+    temp_plugin(Dup(), "dup-plugin")
+    with pytest.raises(PluginError, match="advbench:builtin_defenses.*dup-plugin|dup-plugin.*advbench:builtin"):
+        plugins.registry("defense")
+
+
+def test_temporary_plugin_registers_and_goes(temp_plugin):
+    class Toy:
+        @hookimpl
+        def register_defenses(self, register):
+            register("toy", ToyDefense, "a toy")
+
+    temp_plugin(Toy(), "toy-plugin")
+    assert plugins.get("defense", "toy") is ToyDefense
+    plugins.unregister_plugin("toy-plugin")
+    with pytest.raises(PluginError, match="Unknown defense 'toy'"):
+        plugins.get("defense", "toy")
+
+
+def _advbench(*args, env=None):
+    code = ("import sys; from advbench.cli import main; sys.argv = ['advbench', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+            "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n"
+            "sys.exit(code)")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})}, cwd=ROOT)
+
+
+def test_list_and_help_do_not_import_torch():
+    for args in (["--help"], ["list"]):
+        proc = _advbench(*args)
+        assert proc.returncode == 0, proc.stderr
+        assert "NO_TORCH" in proc.stderr
+    assert "random" in _advbench("list").stdout
+
+
+def test_example_plugin_installs_and_appears(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(ROOT / "plugins" / "example-plugin")], check=True)
+    env = {"PYTHONPATH": str(target)}
+    listing = _advbench("list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert "example-noise" in listing.stdout and "example-brightness" in listing.stdout
+    assert "advbench-example-plugin:example" in listing.stdout
+    shown = _advbench("show", "defense", "example-noise", env=env)
+    assert shown.returncode == 0 and "scale" in shown.stdout and "0.01" in shown.stdout
