@@ -1,0 +1,147 @@
+"""The CLI: run/bench/list/show, plugin commands, and one-line exit-2 errors that write nothing."""
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from advbench.cli.main import _attach_commands, cli
+from advbench.hookspecs import hookimpl
+
+from tests.toyworld import ToyPlugin
+
+
+@pytest.fixture
+def runner(temp_plugin):
+    temp_plugin(ToyPlugin(), "toy-plugin")
+    _attach_commands()
+    return CliRunner()
+
+
+def invoke(runner, *args):
+    return runner.invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_run_prints_illegal_legal_table(runner, tmp_path):
+    results = tmp_path / "r.jsonl"
+    out = invoke(runner, "run", "--defense", "random", "--defense-arg", "p=0.3", "--attack", "fullft",
+                 "--attack-arg", "steps=2", "--attack-arg", "batch_size=2", "--domain", "toy",
+                 "--results", str(results), "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--quiet")
+    assert out.exit_code == 0, out.output
+    assert "mean illegal" in out.output and "mean legal" in out.output and "class_3" in out.output
+    assert len(results.read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--defense", "radnom"], "Unknown defense 'radnom'. Did you mean 'random'?"),
+    (["--attack", "fulft"], "Unknown attack 'fulft'. Did you mean 'fullft'?"),
+    (["--domain", "toyy"], "Unknown domain 'toyy'. Did you mean 'toy'?"),
+    (["--defense", "random", "--defense-arg", "p=2"], "defense 'random': p must be in (0, 1), got 2.0"),
+    (["--defense", "random", "--defense-arg", "q=0.2"], "Unknown parameter 'q' for defense 'random'."),
+    (["--attack-arg", "steps=two"], "parameter 'steps' must be an integer, not 'two'"),
+    (["--attack-arg", "steps"], "--attack-arg 'steps' is not key=value"),
+    (["--model", "/nonexistent/model"], "/nonexistent/model"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(runner, tmp_path, args, message):
+    results = tmp_path / "r.jsonl"
+    out = invoke(runner, "run", "--domain", "toy", "--results", str(results), "--cache-dir", str(tmp_path / "c"),
+                 "--quiet", *args)
+    assert out.exit_code == 2, out.output
+    assert message in out.output
+    assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1
+    assert not results.exists()
+
+
+def test_corrupt_results_file_is_reported_before_work(runner, tmp_path):
+    results = tmp_path / "r.jsonl"
+    results.write_text("not json\n")
+    out = invoke(runner, "run", "--domain", "toy", "--results", str(results), "--cache-dir", str(tmp_path / "c"))
+    assert out.exit_code == 2 and "line 1" in out.output
+    assert not (tmp_path / "c").exists()
+
+
+SPEC = """
+name = "toy-grid"
+seeds = [0, 1]
+[[domains]]
+name = "toy"
+[[defenses]]
+name = "none"
+[[defenses]]
+name = "random"
+sweep = { p = [0.3, 0.6] }
+[[attacks]]
+name = "fullft"
+params = { steps = 2, batch_size = 2 }
+"""
+
+
+def test_bench_grid_resume_and_check(runner, tmp_path):
+    spec = tmp_path / "grid.toml"
+    spec.write_text(SPEC)
+    results = tmp_path / "grid.jsonl"
+    common = ["--results", str(results), "--cache-dir", str(tmp_path / "c"), "--device", "cpu"]
+    out = invoke(runner, "bench", str(spec), *common)
+    assert out.exit_code == 0, out.output
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(records) == 6
+    assert {r["cell"]["defense"]["label"] for r in records} == {"none", "random[p=0.3]", "random[p=0.6]"}
+    # a second run finds every cell done
+    again = invoke(runner, "bench", str(spec), *common, "--dry-run")
+    assert again.output.count("done") == 6 and "todo" not in again.output
+    board = tmp_path / "board"
+    out = invoke(runner, "leaderboard", str(results), "--output-dir", str(board), "--name", "toy")
+    assert out.exit_code == 0, out.output
+    csv = next(board.glob("*.csv"))
+    ok = invoke(runner, "bench", str(spec), *common, "--check", str(csv))
+    assert ok.exit_code == 0, ok.output
+    # a baseline that expects far more mitigation than measured makes the check fail
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    df["mitigation_power_mean"] = df["mitigation_power_mean"] + 10
+    worse = tmp_path / "expect.csv"
+    df.to_csv(worse, index=False)
+    bad = invoke(runner, "bench", str(spec), *common, "--check", str(worse))
+    assert bad.exit_code == 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seeds = [0]\n", "needs at least one [[domains]]"),
+    ("sedes = [0]\n", "unknown key 'sedes'. Did you mean 'seeds'?"),
+    ("[[domains]\n", "is not valid TOML"),
+    (SPEC.replace('name = "none"', 'name = "nonee"'), "Unknown defense 'nonee'"),
+])
+def test_bad_spec_exit_2(runner, tmp_path, text, message):
+    spec = tmp_path / "s.toml"
+    spec.write_text(text)
+    out = invoke(runner, "bench", str(spec), "--results", str(tmp_path / "r.jsonl"))
+    assert out.exit_code == 2 and message in out.output, out.output
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_list_and_show(runner):
+    out = invoke(runner, "list")
+    assert out.exit_code == 0 and "toy-brightness" in out.output and "advbench:builtin_defenses" in out.output
+    shown = invoke(runner, "show", "defense", "random")
+    assert shown.exit_code == 0 and "unit" in shown.output and "0.3" in shown.output
+    metric = invoke(runner, "show", "metric", "toy-brightness")
+    assert "higher_is_better = False" in metric.output
+    missing = invoke(runner, "show", "attack", "lorra")
+    assert missing.exit_code == 2 and "Unknown attack 'lorra'" in missing.output
+
+
+def test_plugin_commands(temp_plugin):
+    class Cmd:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command(name="toy-hello")
+            def hello():
+                click.echo("hello from a plugin")
+
+    temp_plugin(Cmd(), "cmd-plugin")
+    _attach_commands()
+    out = CliRunner().invoke(cli, ["toy-hello"])
+    assert out.exit_code == 0 and "hello from a plugin" in out.output

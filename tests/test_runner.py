@@ -1,0 +1,114 @@
+"""The runner: stages, caching across cells, resume after a crash, records, threat models."""
+
+import json
+
+import pytest
+
+from advbench import plugins
+from advbench.cells import Cell, PluginSpec
+from advbench.errors import ConstraintError
+from advbench.hookspecs import hookimpl
+from advbench.interfaces import Attack
+from advbench.results import ResultStore
+from advbench.runner import RunOptions, run_cell
+
+from tests.toyworld import Brightness, ToyPlugin, fast_attack_args
+
+
+@pytest.fixture
+def toy(temp_plugin):
+    temp_plugin(ToyPlugin(), "toy-plugin")
+
+
+def cell(defense="none", dparams=None, attack="fullft", aparams=None, threat="compliant", seed=0):
+    return Cell(PluginSpec("defense", defense, dparams or {}), PluginSpec("attack", attack, aparams or fast_attack_args()),
+                PluginSpec("domain", "toy"), threat, seed)
+
+
+def opts(tmp_path, **kw):
+    return RunOptions(cache_dir=tmp_path / "cache", progress=False, **kw)
+
+
+def test_cell_end_to_end_record(toy, tmp_path):
+    store = ResultStore(tmp_path / "r.jsonl")
+    record = run_cell(cell("random", {"p": "0.5"}), store, opts(tmp_path))
+    metrics = record["metrics"]
+    assert metrics["primary"] == "toy-brightness"
+    assert metrics["higher_is_better"] == {"toy-brightness": False, "toy-spread": True}
+    assert {c: v["role"] for c, v in metrics["classes"].items()} == {
+        "class_0": "illegal", "class_1": "illegal", "class_2": "legal", "class_3": "legal"}
+    illegal = [metrics["classes"][c]["values"]["toy-brightness"] for c in ("class_0", "class_1")]
+    assert metrics["illegal"]["toy-brightness"] == pytest.approx(sum(illegal) / 2)
+    stages = [(s["stage"], s["class"]) for s in record["stages"]]
+    assert stages[0] == ("protect", None)
+    assert stages.count(("adapt", "class_3")) == 1 and len(stages) == 1 + 4 * 3
+    assert record["defense_info"]["frozen_tensors"] > 0
+    assert record["cell"]["defense"]["params"] == {"p": 0.5, "unit": "tensors"}
+    assert record["provenance"]["torch_threads"] >= 1
+    assert [r["cell_id"] for r in store.records()] == [record["cell_id"]]
+    # a rerun finds the finished cell and appends nothing
+    again = run_cell(cell("random", {"p": "0.5"}), store, opts(tmp_path))
+    assert again == record and len(store.records()) == 1
+
+
+def test_protect_stage_is_shared_between_attacks(toy, tmp_path):
+    first = run_cell(cell("random", {"p": "0.3"}), None, opts(tmp_path))
+    second = run_cell(cell("random", {"p": "0.3"}, aparams={"steps": 3, "batch_size": 2}), None, opts(tmp_path))
+    assert first["stages"][0]["cached"] is False
+    assert second["stages"][0]["cached"] is True
+    assert second["stages"][0]["key"] == first["stages"][0]["key"]
+    assert all(not s["cached"] for s in second["stages"][1:])
+
+
+def test_killed_run_resumes_from_cache(toy, tmp_path, monkeypatch):
+    store = ResultStore(tmp_path / "r.jsonl")
+    calls = {"n": 0}
+    real = Brightness.score
+
+    def crash_once(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Brightness, "score", crash_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(cell(), store, opts(tmp_path))
+    assert store.records() == []  # nothing half-written
+    record = run_cell(cell(), store, opts(tmp_path))
+    cached = {(s["stage"], s["class"]): s["cached"] for s in record["stages"]}
+    assert cached[("protect", None)] and cached[("adapt", "class_0")] and cached[("score", "class_1")]
+    assert not cached[("score", "class_2")] and not cached[("adapt", "class_2")]
+    assert len(store.records()) == 1
+
+
+class NoConstraintAttack(Attack):
+    """Understands no constraint."""
+
+    def adapt(self, protected, data, ctx):
+        return protected.model.clone()
+
+
+def test_constraint_the_attack_cannot_honour(toy, temp_plugin, tmp_path):
+    class P:
+        @hookimpl
+        def register_attacks(self, register):
+            register("naive", NoConstraintAttack)
+
+    temp_plugin(P(), "naive-plugin")
+    with pytest.raises(ConstraintError, match="attack 'naive' cannot honour constraint 'freeze_mask'"):
+        run_cell(cell("random", attack="naive", aparams={}), None, opts(tmp_path))
+    record = run_cell(cell("random", attack="naive", aparams={}, threat="unconstrained"), None, opts(tmp_path))
+    assert record["cell"]["threat_model"] == "unconstrained"
+
+
+def test_dataset_plugin_registered(toy):
+    source = plugins.get("dataset", "toy-data")
+    assert sorted(source(source.Params(per_class=6)).load().classes()) == [f"class_{i}" for i in range(4)]
+
+
+def test_stage_cache_folders_hold_outputs(toy, tmp_path):
+    record = run_cell(cell(), None, opts(tmp_path))
+    protect = next(s for s in record["stages"] if s["stage"] == "protect")
+    folder = tmp_path / "cache" / "protect" / protect["key"]
+    assert (folder / ".complete").exists() and json.loads((folder / "constraints.json").read_text()) == []

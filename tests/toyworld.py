@@ -1,0 +1,102 @@
+"""A toy domain, metric and dataset source on advbench.testing's tiny model, registered by tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from advbench.hookspecs import hookimpl
+from advbench.interfaces import DatasetSource, Domain, Metric
+from advbench.params import param
+
+CALLS = {"dataset": 0}
+
+
+class ToyDataset(DatasetSource):
+    """Four tiny classes of coloured patterns."""
+
+    @dataclass(frozen=True)
+    class Params:
+        per_class: int = param(10, "images per class")
+
+    def load(self):
+        from advbench.testing import tiny_dataset
+
+        CALLS["dataset"] += 1
+        return tiny_dataset(n_classes=4, n_per_class=self.params.per_class, seed=0)
+
+
+class ToyDomain(Domain):
+    """Two illegal and two legal toy classes."""
+
+    primary_metric = "toy-brightness"
+    extra_metrics = ("toy-spread",)
+
+    @dataclass(frozen=True)
+    class Params:
+        per_class: int = param(10, "images per class")
+
+    def dataset(self):
+        return ToyDataset(ToyDataset.Params(self.params.per_class)).load()
+
+    def illegal_classes(self):
+        return ["class_0", "class_1"]
+
+    def legal_classes(self):
+        return ["class_2", "class_3"]
+
+    def prompts(self, cls):
+        return [f"a photo of {cls}"]
+
+    def base_model(self):
+        from advbench.testing import tiny_model
+
+        return tiny_model(seed=0)
+
+    def sampling(self):
+        return {"scheduler": "ddim", "steps": 2, "guidance_scale": 2.0, "images_per_prompt": 2, "batch_size": 2}
+
+
+class Brightness(Metric):
+    """|mean generated brightness − mean reference brightness| / 255."""
+
+    higher_is_better = False
+
+    def score(self, images, references, prompts, ctx, cls=None):
+        return float(abs(images.astype(float).mean() - references.astype(float).mean()) / 255)
+
+
+class Spread(Metric):
+    """Pixel std of generated images / 255."""
+
+    higher_is_better = True
+    needs_references = False
+
+    def score(self, images, references, prompts, ctx, cls=None):
+        return float(images.astype(float).std() / 255)
+
+
+class ToyPlugin:
+    """Registers the toy pieces (used through the temp_plugin fixture)."""
+
+    @hookimpl
+    def register_domains(self, register):
+        register("toy", ToyDomain)
+
+    @hookimpl
+    def register_datasets(self, register):
+        register("toy-data", ToyDataset)
+
+    @hookimpl
+    def register_metrics(self, register):
+        register("toy-brightness", Brightness)
+        register("toy-spread", Spread)
+
+
+def fast_attack_args():
+    return {"steps": 2, "batch_size": 2}
+
+
+def images_equal(a, b) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a, b))
