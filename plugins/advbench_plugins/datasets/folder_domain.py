@@ -1,0 +1,76 @@
+"""A domain over any image folder and any local model folder: the path to real data and real checkpoints.
+
+Example (a Stable Diffusion folder saved by diffusers, portraits in an image folder):
+
+    advbench run --domain folder --domain-arg data=data/celebs --domain-arg model=models/sd15 \\
+        --domain-arg illegal=person_a,person_b --domain-arg legal=person_c \\
+        --domain-arg primary_metric=clip-score --device cuda --mixed-precision fp16
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from advbench.errors import UserError
+from advbench.interfaces import Domain
+from advbench.params import check, param
+
+
+class FolderDomain(Domain):
+    """Illegal and legal classes of an image folder, judged by any registered metrics, on a local model."""
+
+    @dataclass(frozen=True)
+    class Params:
+        data: str = param("", "Image folder with metadata.jsonl (file_name, text, class).")
+        model: str = param("", "Local diffusers model folder (e.g. a Stable Diffusion pipeline folder).")
+        illegal: tuple[str, ...] = param((), "Illegal classes (comma-separated).")
+        legal: tuple[str, ...] = param((), "Legal classes (comma-separated).")
+        prompt_template: str = param("a photo of {cls}", "Evaluation prompt; {cls} is the class name.")
+        primary_metric: str = param("", "Name of the primary metric plugin.")
+        extra_metrics: tuple[str, ...] = param((), "Other metric plugins to report.")
+        scheduler: Literal["ddim", "pndm", "ddpm", "euler", "dpm"] = param("pndm", "Sampler (paper: PNDM).")
+        steps: int = param(50, "Sampling steps (paper: 50).")
+        guidance_scale: float = param(7.5, "Classifier-free guidance scale.")
+        images_per_prompt: int = param(8, "Images per evaluation prompt (paper: 100).")
+
+        def __post_init__(self):
+            for key in ("data", "model", "primary_metric"):
+                check(bool(getattr(self, key)), f"{key} is required (--domain-arg {key}=...)")
+            check(bool(self.illegal), "illegal is required: --domain-arg illegal=class_a,class_b")
+            check(not set(self.illegal) & set(self.legal), "a class cannot be both illegal and legal")
+            check("{cls}" in self.prompt_template, "prompt_template must contain {cls}")
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.primary_metric = self.params.primary_metric
+        self.extra_metrics = tuple(self.params.extra_metrics)
+
+    def dataset(self):
+        from advbench.data import ImageFolderDataset
+
+        dataset = ImageFolderDataset(self.params.data)
+        missing = [c for c in (*self.params.illegal, *self.params.legal) if c not in dataset.classes()]
+        if missing:
+            raise UserError(f"classes {missing} are not in {self.params.data}/metadata.jsonl; "
+                            f"available: {', '.join(dataset.classes())}")
+        return dataset
+
+    def illegal_classes(self):
+        return list(self.params.illegal)
+
+    def legal_classes(self):
+        return list(self.params.legal)
+
+    def prompts(self, cls):
+        return [self.params.prompt_template.format(cls=cls)]
+
+    def base_model(self):
+        from advbench.model import Model
+
+        return Model.load(self.params.model)
+
+    def sampling(self):
+        p = self.params
+        return {"scheduler": p.scheduler, "steps": p.steps, "guidance_scale": p.guidance_scale,
+                "images_per_prompt": p.images_per_prompt}
