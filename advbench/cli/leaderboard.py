@@ -1,0 +1,92 @@
+"""``advbench leaderboard RESULTS``: the leaderboard of a results file, as Markdown or CSV, to stdout and files.
+
+``--check BASELINE_CSV`` compares with a saved leaderboard and exits 1 on a regression; :func:`check_command`
+is the same check for ``advbench bench --check``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from advbench.errors import DataError, UserError
+
+
+def load_records(results: str | Path) -> list[dict[str, Any]]:
+    """Every record of a results file; a missing or empty file is a :class:`DataError`."""
+    from advbench.results import ResultStore
+
+    path = Path(results)
+    if not path.exists():
+        raise DataError(f"results file {path} not found; pass the .jsonl written by `advbench run` or `advbench bench`")
+    records = ResultStore(path).records()
+    if not records:
+        raise DataError(f"results file {path} has no records; run `advbench run` or `advbench bench` first")
+    return records
+
+
+def check_command(records: list[dict[str, Any]], baseline_csv: str | Path, tolerance: float = 0.05,
+                  echo: Callable[[str], None] | None = None) -> bool:
+    """Build the leaderboard of ``records``, compare it with ``baseline_csv`` and print the outcome.
+
+    Returns True when there is no regression. Messages go to ``echo`` (default: stderr).
+    """
+    from advbench.leaderboard import build_leaderboard, check_regressions
+
+    echo = echo or (lambda message: click.echo(message, err=True))
+    problems = check_regressions(build_leaderboard(records), baseline_csv, tolerance)
+    for problem in problems:
+        echo(f"REGRESSION {problem}")
+    if problems:
+        echo(f"{len(problems)} regression(s) against {baseline_csv} (tolerance {tolerance:g})")
+    else:
+        echo(f"no regressions against {baseline_csv} (tolerance {tolerance:g})")
+    return not problems
+
+
+@click.command()
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True,
+              help="What to print to stdout.")
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Also write <name>.csv and <name>.md (and plots with --plot) into this folder.")
+@click.option("--name", default=None, help="Base name of the written files (default: the results file's name).")
+@click.option("--plot", is_flag=True, help="Write <name>.png (bars) and <name>-budget.png (mitigation vs budget).")
+@click.option("--budget-param", default="steps", show_default=True,
+              help="Attack parameter used as the attacker's budget in the budget plot.")
+@click.option("--check", "check_csv", default=None, type=click.Path(dir_okay=False),
+              help="Leaderboard CSV to compare with; exit 1 when a defense regressed.")
+@click.option("--tolerance", type=float, default=0.05, show_default=True,
+              help="Allowed absolute drop of mitigation power / rise of legal impact for --check.")
+def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, tolerance):
+    """Print the leaderboard of RESULTS (a results .jsonl): one row per domain, defense, attack and threat model."""
+    from advbench.leaderboard import build_leaderboard, plot_budget_curves, plot_leaderboard, to_csv, to_markdown, \
+        write_leaderboard
+
+    if plot and not output_dir:
+        raise UserError("--plot writes image files and needs --output-dir DIR")
+    if tolerance < 0:
+        raise UserError(f"--tolerance must be >= 0, got {tolerance:g}")
+    records = load_records(results)
+    df = build_leaderboard(records)
+    click.echo(to_markdown(df) if fmt == "md" else to_csv(df), nl=False)
+    if output_dir:
+        name = name or Path(results).stem
+        written = list(write_leaderboard(df, output_dir, name))
+        if plot:
+            written.append(plot_leaderboard(df, Path(output_dir) / f"{name}.png"))
+            budgets = {r["cell"]["attack"]["params"].get(budget_param) for r in records}
+            if len(budgets - {None}) > 1:
+                written.append(plot_budget_curves(records, Path(output_dir) / f"{name}-budget.png", budget_param))
+            else:
+                click.echo(f"budget plot skipped: fewer than two values of attack parameter '{budget_param}'", err=True)
+        click.echo("wrote " + ", ".join(str(p) for p in written), err=True)
+    if check_csv and not check_command(records, check_csv, tolerance):
+        sys.exit(1)
+
+
+def attach(cli: click.Group) -> None:
+    cli.add_command(leaderboard)
