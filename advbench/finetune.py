@@ -1,0 +1,308 @@
+"""The one fine-tuning engine: DDPM epsilon-prediction training of a :class:`~advbench.model.Model`.
+
+Attacks (full fine-tuning, LoRA, DreamBooth, textual inversion), defenses that simulate users (FreezeAsGuard)
+and the tiny world's pretraining all train through :func:`finetune`, so freezing, precision, seeding and
+timing mean the same everywhere. The loop follows diffusers' ``train_text_to_image.py``: encode images to
+latents, add noise at a random timestep, predict the noise from the caption, MSE.
+
+What is trained:
+- by default every UNet tensor except the ``frozen`` names (plus the text encoder if
+  ``cfg.train_text_encoder``); frozen tensors get ``requires_grad=False`` and are not in the optimizer, so
+  they get no gradients and no optimizer state (freezing really saves memory and time);
+- or exactly the ``trainable`` parameters (LoRA weights, an embedding row), still minus frozen UNet tensors.
+
+Where the data comes from (``examples``):
+- a ``list[Example]``: the engine draws batches of ``cfg.batch_size`` from seeded epoch permutations;
+- or a batch function ``batches(step, generator) -> dict`` returning at least ``"pixel_values"``
+  (B×3×H×W in [-1, 1]) and ``"captions"`` (list[str]) plus anything a custom ``loss_fn`` needs (DreamBooth's
+  class images, a pretraining generator's fresh images). It must draw its randomness from ``generator``.
+
+``loss_fn(model, batch, step) -> scalar`` replaces the default loss; ``batch["generator"]`` is the run's
+seeded ``torch.Generator`` (use it for noise and timesteps so the run stays reproducible).
+``callback(step, loss)`` is called after every optimizer step; returning ``True`` stops training early.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from advbench.errors import ConstraintError, DataError, ParamError
+from advbench.interfaces import Context, Example
+from advbench.model import Model
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+PRECISIONS = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+Batch = dict[str, Any]
+BatchFn = Callable[[int, torch.Generator], Batch]
+LossFn = Callable[[Model, Batch, int], torch.Tensor]
+
+
+@dataclass
+class FinetuneConfig:
+    """Hyper-parameters of one fine-tuning run (validated on construction; bad values raise ParamError)."""
+
+    steps: int = 100
+    batch_size: int = 4
+    lr: float = 1e-5
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0  # None: no clipping
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    prompt_dropout: float = 0.0  # probability of training a caption as "" (keeps classifier-free guidance alive)
+    mixed_precision: str = "no"  # accelerate's names; on CPU accelerate runs "fp16" in float32, "bf16" as bf16
+    gradient_checkpointing: bool = False
+    train_text_encoder: bool = False
+    random_flip: bool = False  # off by default: faces and artworks are not mirror-symmetric classes
+
+    def __post_init__(self):
+        checks = [
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.max_grad_norm is None or self.max_grad_norm > 0,
+             f"max_grad_norm must be positive or None, got {self.max_grad_norm}"),
+            (self.lr_scheduler in LR_SCHEDULERS,
+             f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}"),
+            (self.lr_warmup_steps >= 0, f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}"),
+            (0.0 <= self.prompt_dropout < 1.0, f"prompt_dropout must be in [0, 1), got {self.prompt_dropout}"),
+            (self.mixed_precision in PRECISIONS,
+             f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ParamError(message)
+
+
+@dataclass
+class FinetuneResult:
+    """What a run measured. ``peak_memory_mb``: CUDA peak allocated, or on CPU the peak RSS growth."""
+
+    losses: list[float]
+    seconds: float
+    seconds_per_step: float
+    peak_memory_mb: float
+    trainable_params: int
+    trainable_tensors: int = 0
+    optimizer_state_numel: int = 0  # elements held in optimizer state (0 for frozen tensors)
+    device: str = "cpu"
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def trainable_parameters(model: Model, frozen: Iterable[str] = (), train_text_encoder: bool = False
+                         ) -> dict[str, torch.nn.Parameter]:
+    """The default selection: ``unet.<name>`` for UNet tensors not in ``frozen``, plus ``text_encoder.<name>``."""
+    frozen = set(frozen)
+    names = {n for n, _ in model.unet.named_parameters()}
+    unknown = sorted(frozen - names)
+    if unknown:
+        raise ConstraintError(f"the freeze mask names {len(unknown)} tensor(s) the UNet does not have (e.g. "
+                              f"{unknown[0]!r}); it was made for a different model: re-run the defense on this one")
+    out = {f"unet.{n}": p for n, p in model.unet.named_parameters() if n not in frozen}
+    if train_text_encoder:
+        out.update({f"text_encoder.{n}": p for n, p in model.text_encoder.named_parameters()})
+    return out
+
+
+def build_optimizer(params: list[torch.nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """Adam (the FreezeAsGuard paper's), AdamW or plain SGD over exactly ``params``."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def diffusion_loss(model: Model, pixel_values: torch.Tensor, captions: Sequence[str],
+                   generator: torch.Generator) -> torch.Tensor:
+    """DDPM loss: MSE between the UNet's prediction and the noise (or velocity/sample, per the scheduler)."""
+    device = model.device
+    with torch.no_grad():  # the VAE (if any) is never trained; pixel layouts need no gradient either
+        latents = model.encode_images(pixel_values.to(device), generator=generator).float()
+    # Noise and timesteps are drawn on the CPU from the run's generator, so CPU and GPU runs see the same draws.
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    timesteps = torch.randint(0, model.scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              generator=generator).to(device)
+    # Forward diffusion: x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε.
+    noisy = model.scheduler.add_noise(latents, noise, timesteps)
+    hidden = model.encode_prompts(list(captions))
+    prediction = model.unet(noisy, timesteps, hidden).sample
+    kind = model.scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = model.scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = latents
+    return F.mse_loss(prediction.float(), target.float())
+
+
+class _ExampleBatches:
+    """Batches drawn from seeded epoch permutations of the examples (a batch may span two epochs)."""
+
+    def __init__(self, examples: list[Example], batch_size: int, resolution: int):
+        from advbench.data import examples_to_tensor
+
+        if not examples:
+            raise DataError("fine-tuning got no training images; check that the class has images in the split")
+        self.pixels = examples_to_tensor(examples, resolution)
+        self.captions = [ex.text for ex in examples]
+        self.batch_size = batch_size
+        self.queue: list[int] = []
+
+    def __call__(self, step: int, generator: torch.Generator) -> Batch:
+        while len(self.queue) < self.batch_size:
+            self.queue += torch.randperm(len(self.captions), generator=generator).tolist()
+        idx, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size:]
+        return {"pixel_values": self.pixels[idx], "captions": [self.captions[i] for i in idx]}
+
+
+def _augment(batch: Batch, cfg: FinetuneConfig, generator: torch.Generator) -> Batch:
+    captions = batch.get("captions")
+    if cfg.prompt_dropout > 0 and captions is not None:
+        # Unconditional training examples teach the empty-prompt branch that classifier-free guidance uses.
+        drop = (torch.rand(len(captions), generator=generator) < cfg.prompt_dropout).tolist()
+        batch["captions"] = ["" if d else c for c, d in zip(captions, drop)]
+    pixels = batch.get("pixel_values")
+    if cfg.random_flip and pixels is not None:
+        flip = torch.rand(pixels.shape[0], generator=generator) < 0.5
+        batch["pixel_values"] = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+    return batch
+
+
+def _accelerator(mixed_precision: str, device: str):
+    """A fresh accelerate ``Accelerator``.
+
+    accelerate keeps one process-wide state that refuses a second precision, but consecutive runs here may
+    differ (an fp32 simulated user, then a bf16 attack), so the state is reset before and after each run.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(device))
+    return Accelerator(mixed_precision=mixed_precision, cpu=device == "cpu")
+
+
+def _release_accelerator() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def finetune(model: Model, examples: list[Example] | BatchFn, cfg: FinetuneConfig, ctx: Context,
+             frozen: Iterable[str] = (), trainable: Iterable[torch.nn.Parameter] | None = None,
+             loss_fn: LossFn | None = None, callback: Callable[[int, float], bool | None] | None = None
+             ) -> FinetuneResult:
+    """Train ``model`` in place (see the module docstring) and return what the run measured.
+
+    Afterwards every ``requires_grad`` flag is as before and the model is back on its device in float32.
+    """
+    frozen = set(frozen)
+    default = trainable_parameters(model, frozen, cfg.train_text_encoder)  # also checks the frozen names
+    if trainable is None:
+        params = list(default.values())
+    else:
+        frozen_ids = {id(p) for n, p in model.unet.named_parameters() if n in frozen}
+        params = [p for p in trainable if id(p) not in frozen_ids]
+    if not params:
+        raise ConstraintError("nothing to train: every selected tensor is frozen; lower the freezing ratio")
+    modules = list(model.components().values())
+    flags = {id(p): p.requires_grad for m in modules for p in m.parameters()}
+    modes = [m.training for m in modules]
+    origin = model.device
+    batches = examples if callable(examples) else _ExampleBatches(list(examples), cfg.batch_size, model.resolution)
+    accelerator = _accelerator(cfg.mixed_precision, ctx.device)
+    device = str(accelerator.device)
+    checkpointing = cfg.gradient_checkpointing and not model.unet.is_gradient_checkpointing
+    try:
+        model.to(accelerator.device, torch.float32)  # trainable tensors in fp32; autocast does the rest
+        for m in modules:
+            m.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        param_ids = {id(p) for p in params}
+        for m in modules:
+            m.train(any(id(p) in param_ids for p in m.parameters()))
+        if checkpointing:
+            model.unet.enable_gradient_checkpointing()
+            if cfg.train_text_encoder:
+                model.text_encoder.gradient_checkpointing_enable()
+        optimizer = build_optimizer(params, cfg)
+        from diffusers.optimization import get_scheduler
+
+        schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=cfg.steps)
+        optimizer, schedule = accelerator.prepare(optimizer, schedule)
+        generator = torch.Generator().manual_seed(ctx.seed)
+        losses, seconds, peak = _loop(model, batches, cfg, ctx, accelerator, optimizer, schedule, params,
+                                      generator, loss_fn, callback)
+        state_numel = sum(t.numel() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+    finally:
+        if checkpointing:
+            model.unet.disable_gradient_checkpointing()
+            if cfg.train_text_encoder:
+                model.text_encoder.gradient_checkpointing_disable()
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+            for p in m.parameters():
+                p.requires_grad_(flags[id(p)])
+                p.grad = None
+        model.to(origin, torch.float32)
+        _release_accelerator()
+    return FinetuneResult(losses=losses, seconds=seconds, seconds_per_step=seconds / max(len(losses), 1),
+                          peak_memory_mb=peak, trainable_params=sum(p.numel() for p in params),
+                          trainable_tensors=len(params), optimizer_state_numel=state_numel,
+                          device=device, info={"mixed_precision": cfg.mixed_precision})
+
+
+def _loop(model, batches, cfg, ctx, accelerator, optimizer, schedule, params, generator, loss_fn, callback):
+    import psutil
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from advbench.profiling import measure
+
+    device = str(accelerator.device)
+    baseline = psutil.Process().memory_info().rss / 2**20
+    losses: list[float] = []
+    progress = Progress(TextColumn("fine-tune"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=True, disable=not ctx.progress)
+    with measure(device) as m, progress:
+        task = progress.add_task("fine-tune", total=cfg.steps, loss=float("nan"))
+        start = time.perf_counter()
+        for step in range(cfg.steps):
+            batch = _augment(batches(step, generator), cfg, generator)
+            batch["generator"] = generator
+            with accelerator.autocast():
+                if loss_fn is not None:
+                    loss = loss_fn(model, batch, step)
+                else:
+                    loss = diffusion_loss(model, batch["pixel_values"], batch["captions"], generator)
+            # Backward through the trainable tensors only; frozen ones are leaves without requires_grad.
+            accelerator.backward(loss)
+            if cfg.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            progress.update(task, advance=1, loss=losses[-1])
+            if callback is not None and callback(step, losses[-1]):
+                break
+        seconds = time.perf_counter() - start
+    peak = m.peak_memory_mb if device.startswith("cuda") else max(m.peak_memory_mb - baseline, 0.0)
+    return losses, seconds, peak
