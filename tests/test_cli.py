@@ -145,3 +145,39 @@ def test_plugin_commands(temp_plugin):
     _attach_commands()
     out = CliRunner().invoke(cli, ["toy-hello"])
     assert out.exit_code == 0 and "hello from a plugin" in out.output
+
+
+def _folder_args(data, model):
+    return ["--domain", "folder", "--domain-arg", f"data={data}", "--domain-arg", f"model={model}",
+            "--domain-arg", "illegal=class_0", "--domain-arg", "legal=class_1",
+            "--domain-arg", "primary_metric=toy-brightness"]
+
+
+def test_bad_data_and_model_folders_exit_2(runner, tmp_path):
+    from advbench.data import export_image_folder
+    from advbench.testing import tiny_dataset, tiny_model
+
+    data = tmp_path / "data"
+    export_image_folder(tiny_dataset(n_classes=2, n_per_class=6), data)
+    model = tmp_path / "model"
+    tiny_model().save(model)
+    results = tmp_path / "r.jsonl"
+    common = ["run", "--results", str(results), "--cache-dir", str(tmp_path / "c"), "--quiet"]
+
+    def check(args, message):
+        out = invoke(runner, *common, *args)
+        assert out.exit_code == 2 and message in out.output, out.output
+        assert len(out.output.strip().splitlines()) == 1 and not results.exists()
+
+    check(_folder_args(tmp_path / "nodata", model), "metadata.jsonl")
+    check(_folder_args(data, model)[:-2], "primary_metric is required")
+    # an image listed in metadata.jsonl that is missing
+    first = json.loads((data / "metadata.jsonl").read_text().splitlines()[0])["file_name"]
+    (data / first).rename(tmp_path / "moved.png")
+    check(_folder_args(data, model), first)
+    (tmp_path / "moved.png").rename(data / first)
+    # a truncated UNet weights file
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    check(_folder_args(data, model), "diffusion_pytorch_model.safetensors")
+    check(["--domain", "toy", "--model", str(model)], "diffusion_pytorch_model.safetensors")

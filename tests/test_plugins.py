@@ -123,3 +123,21 @@ def test_example_plugin_installs_and_appears(tmp_path):
     assert "advbench-example-plugin:example" in listing.stdout
     shown = _advbench("show", "defense", "example-noise", env=env)
     assert shown.returncode == 0 and "scale" in shown.stdout and "0.01" in shown.stdout
+
+
+def test_example_plugin_runs_in_a_cell(tmp_path, monkeypatch, fresh_plugins):
+    from advbench.cells import Cell, PluginSpec
+    from advbench.runner import RunOptions, run_cell
+    from tests.toyworld import ToyPlugin, fast_attack_args
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(ROOT / "plugins" / "example-plugin")], check=True)
+    monkeypatch.syspath_prepend(str(target))
+    plugins.reset()
+    plugins.register_plugin(ToyPlugin(), "toy-plugin")
+    cell = Cell(PluginSpec("defense", "example-noise", {"scale": "0.05"}),
+                PluginSpec("attack", "fullft", fast_attack_args()), PluginSpec("domain", "toy"))
+    record = run_cell(cell, None, RunOptions(cache_dir=tmp_path / "cache", progress=False))
+    assert record["defense_info"] == {"noise_scale": 0.05}
+    assert record["provenance"]["plugins"]["defense"]["example-noise"]["plugin"] == "advbench-example-plugin:example"

@@ -113,3 +113,12 @@ def test_stage_cache_folders_hold_outputs(toy, tmp_path):
     protect = next(s for s in record["stages"] if s["stage"] == "protect")
     folder = tmp_path / "cache" / "protect" / protect["key"]
     assert (folder / ".complete").exists() and json.loads((folder / "constraints.json").read_text()) == []
+
+
+def test_same_seed_same_results_other_seed_differs(toy, tmp_path):
+    a = run_cell(cell("random", {"p": "0.5"}, seed=3), None, RunOptions(cache_dir=tmp_path / "a", progress=False))
+    b = run_cell(cell("random", {"p": "0.5"}, seed=3), None, RunOptions(cache_dir=tmp_path / "b", progress=False))
+    assert a["metrics"] == b["metrics"] and a["cell_id"] == b["cell_id"]
+    assert all(not s["cached"] for s in b["stages"])
+    c = run_cell(cell("random", {"p": "0.5"}, seed=4), None, RunOptions(cache_dir=tmp_path / "a", progress=False))
+    assert c["metrics"]["classes"] != a["metrics"]["classes"]
