@@ -139,6 +139,7 @@ class Context:
     threat_model: str = "compliant"
     work_dir: Path = field(default_factory=lambda: Path("."))  # this stage's folder for artifacts
     progress: bool = True
+    cache_dir: Path | None = None  # the run's stage-cache root, for sub-stages a plugin caches itself (or None)
 
     def log(self, message: str) -> None:
         if self.progress:

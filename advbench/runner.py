@@ -48,7 +48,8 @@ class _CellRun:
     def context(self, work_dir: Path) -> Context:
         return Context(seed=self.cell.seed, device=self.options.device,
                        mixed_precision=self.options.mixed_precision, threat_model=self.cell.threat_model,
-                       work_dir=work_dir, progress=self.options.progress)
+                       work_dir=work_dir, progress=self.options.progress,
+                       cache_dir=self.cache.root if self.cache.enabled else None)
 
     def stage(self, name: str, key_parts: dict[str, Any], build: Callable[[Path], None],
               cls: str | None = None) -> tuple[Path, str]:
