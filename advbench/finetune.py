@@ -25,6 +25,7 @@ seeded ``torch.Generator`` (use it for noise and timesteps so the run stays repr
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -273,17 +274,17 @@ def _loop(model, batches, cfg, ctx, accelerator, optimizer, schedule, params, ge
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from advbench.profiling import measure
-
     device = str(accelerator.device)
     baseline = psutil.Process().memory_info().rss / 2**20
     losses: list[float] = []
+    # Refreshed from this thread (at most 10 times a second) rather than by rich's refresh thread: on busy
+    # shared cores every extra thread that wakes up and takes the GIL can stall the training thread.
     progress = Progress(TextColumn("fine-tune"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=True, disable=not ctx.progress)
-    with measure(device) as m, progress:
+                        console=Console(stderr=True), transient=True, disable=not ctx.progress, auto_refresh=False)
+    with _peak_memory(device) as m, progress:
         task = progress.add_task("fine-tune", total=cfg.steps, loss=float("nan"))
-        start = time.perf_counter()
+        start = shown = time.perf_counter()
         for step in range(cfg.steps):
             batch = _augment(batches(step, generator), cfg, generator)
             batch["generator"] = generator
@@ -300,9 +301,50 @@ def _loop(model, batches, cfg, ctx, accelerator, optimizer, schedule, params, ge
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-            progress.update(task, advance=1, loss=losses[-1])
+            now = time.perf_counter()
+            refresh = now - shown >= 0.1
+            shown = now if refresh else shown
+            progress.update(task, advance=1, loss=losses[-1], refresh=refresh)
             if callback is not None and callback(step, losses[-1]):
                 break
         seconds = time.perf_counter() - start
     peak = m.peak_memory_mb if device.startswith("cuda") else max(m.peak_memory_mb - baseline, 0.0)
     return losses, seconds, peak
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's resident-set high-water mark (Linux ``VmHWM``); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _rss_peak_mb() is not None
+    except OSError:
+        return False
+
+
+def _rss_peak_mb() -> float | None:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return None
+
+
+@contextmanager
+def _peak_memory(device: str):
+    """Yield a ``Measurement`` whose ``peak_memory_mb`` is set at exit: CUDA peak allocated, or CPU peak RSS.
+
+    On Linux the CPU peak is the kernel's exact high-water mark (reset at entry), so no sampling thread runs
+    beside the training loop; elsewhere :func:`advbench.profiling.measure` samples the RSS from a thread.
+    """
+    from advbench.profiling import Measurement, measure
+
+    if device.startswith("cuda") or not _reset_rss_peak():
+        with measure(device) as m:
+            yield m
+        return
+    m = Measurement(device=device)
+    try:
+        yield m
+    finally:
+        m.peak_memory_mb = _rss_peak_mb() or 0.0

@@ -27,7 +27,7 @@ def judges_dir(assets: Path | None = None) -> Path:
     return Path(assets or ASSETS) / "judges"
 
 
-def build_model(out: Path, model_cfg, pretrain_cfg, threads: int = 2, log: Callable[[str], None] = print) -> dict:
+def build_model(out: Path, model_cfg, pretrain_cfg, threads: int = 1, log: Callable[[str], None] = print) -> dict:
     """Pretrain a world model and save it under ``out/model``; returns the pretraining facts."""
     import torch
 
@@ -38,14 +38,20 @@ def build_model(out: Path, model_cfg, pretrain_cfg, threads: int = 2, log: Calla
     model = new_world_model(model_cfg, seed=pretrain_cfg.seed)
     log(f"world model: UNet {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f}M params, text encoder "
         f"{sum(p.numel() for p in model.text_encoder.parameters()) / 1e6:.2f}M params")
-    facts = pretrain(model, pretrain_cfg, Context(seed=pretrain_cfg.seed, progress=False), log=log)
+
+    def checkpoint(step: int) -> None:  # a usable model exists long before the build ends
+        model.save(model_dir(out))
+        log(f"checkpoint at step {step} saved to {model_dir(out)}")
+
+    facts = pretrain(model, pretrain_cfg, Context(seed=pretrain_cfg.seed, progress=False), log=log,
+                     checkpoint=checkpoint)
     facts["model_config"] = asdict(model_cfg)
     facts["threads"] = threads
     model.save(model_dir(out))
     return facts
 
 
-def build(out: Path | None = None, model_cfg=None, pretrain_cfg=None, judge_cfg=None, threads: int = 2,
+def build(out: Path | None = None, model_cfg=None, pretrain_cfg=None, judge_cfg=None, threads: int = 1,
           log: Callable[[str], None] = print, parts: tuple[str, ...] = ("model", "judges")) -> dict:
     """Build the whole world (model and/or judges) into ``out`` (default: the package assets)."""
     from advbench_plugins.world.worldmodel import PretrainConfig, WorldModelConfig

@@ -32,7 +32,7 @@ def build(out, only, threads, steps, judge_steps, small):
         raise click.BadParameter("must be >= 1", param_hint="--threads")
     model_cfg = WorldModelConfig.small() if small else WorldModelConfig()
     pretrain_cfg = PretrainConfig(steps=20, batch_size=8) if small else PretrainConfig()
-    judge_cfg = JudgeTrainConfig(steps=20, batch_size=16, images_per_class=2, pool_limit=10) if small \
+    judge_cfg = JudgeTrainConfig(steps=20, motif_steps=20, batch_size=16, images_per_class=2, pool_limit=10) if small \
         else JudgeTrainConfig()
     if steps is not None:
         pretrain_cfg = replace(pretrain_cfg, steps=steps)

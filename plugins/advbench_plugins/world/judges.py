@@ -31,10 +31,14 @@ JUDGES = ("identity", "style", "motif", "align")
 
 
 class Backbone(nn.Module):
-    """conv(24)×2 → pool → conv(48)×2 → pool → conv(96) → pool → global mean → linear → EMBED."""
+    """conv(24)×2 → pool → conv(48)×2 → pool → conv(96) → pool → conv(96) → global pool → linear → EMBED.
 
-    def __init__(self, width: int = 24, embed: int = EMBED):
+    ``pool="meanmax"`` concatenates global mean and max pooling (the motif detector: small parts anywhere).
+    """
+
+    def __init__(self, width: int = 24, embed: int = EMBED, pool: str = "mean"):
         super().__init__()
+        self.pool = pool
 
         def block(cin, cout):
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
@@ -43,10 +47,14 @@ class Backbone(nn.Module):
         self.features = nn.Sequential(*block(3, w), *block(w, w), nn.MaxPool2d(2), *block(w, 2 * w),
                                       *block(2 * w, 2 * w), nn.MaxPool2d(2), *block(2 * w, 4 * w), nn.MaxPool2d(2),
                                       *block(4 * w, 4 * w))
-        self.proj = nn.Linear(4 * w, embed)
+        self.proj = nn.Linear(4 * w * (2 if pool == "meanmax" else 1), embed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.features(x).mean(dim=(2, 3)))
+        f = self.features(x)
+        pooled = f.mean(dim=(2, 3))
+        if self.pool == "meanmax":
+            pooled = torch.cat([pooled, f.amax(dim=(2, 3))], dim=1)
+        return self.proj(pooled)
 
 
 class CosineHead(nn.Module):
@@ -79,7 +87,7 @@ class Judge(nn.Module):
     def __init__(self, kind: str, n_classes: int = 1, n_parts: int = 0, vocab: int = 0):
         super().__init__()
         self.kind = kind
-        self.backbone = Backbone()
+        self.backbone = Backbone(pool="meanmax" if n_parts else "mean")
         self.head = CosineHead(EMBED, n_classes) if n_classes > 1 else None
         self.parts = nn.Linear(EMBED, n_parts) if n_parts else None
         self.text = TextEncoder(vocab) if vocab else None
@@ -135,6 +143,8 @@ class JudgeTrainConfig:
     lr: float = 2e-3
     images_per_class: int = 10
     pool_limit: int | None = None  # use only this many pool items (tests)
+    motif_steps: int = 1000  # the part detector needs longer than the classifiers
+    part_weight: float = 3.0
     seed: int = 0
 
 
@@ -184,6 +194,9 @@ def train_one(kind: str, cfg: JudgeTrainConfig, log: Callable[[str], None] = pri
         parts_x, parts_y = gen.detector_batch(rng, len(x_np))
         from advbench_plugins.world.explicit import PARTS
 
+        specs = [gen.specs[c] for c in gen.benchmark_classes] + list(gen.pool)
+        class_parts = np.stack([gen.part_labels(specs[k]) for k in y_np])
+        parts_x, parts_y = np.concatenate([parts_x, x_np]), np.concatenate([parts_y, class_parts])
         model = Judge(kind, n_classes=int(y_np.max()) + 1, n_parts=len(PARTS))
         meta["labels"], meta["parts"] = gen.judge_labels()[:model.head.weight.shape[0]], list(PARTS)
     else:
@@ -202,10 +215,11 @@ def train_one(kind: str, cfg: JudgeTrainConfig, log: Callable[[str], None] = pri
         y_np = np.arange(len(x_np))
     x_all = to_tensor(x_np)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    steps = cfg.motif_steps if kind == "motif" else cfg.steps
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     losses = []
     model.train()
-    for step in range(cfg.steps):
+    for step in range(steps):
         idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=g)
         e = model.backbone(augment(x_all[idx], g))
         if kind == "align":
@@ -223,16 +237,17 @@ def train_one(kind: str, cfg: JudgeTrainConfig, log: Callable[[str], None] = pri
             if kind == "motif":
                 pidx = torch.randint(0, len(parts_x), (cfg.batch_size,), generator=g)
                 pe = model.backbone(augment(to_tensor(parts_x[pidx.numpy()]), g))
-                loss = loss + F.binary_cross_entropy_with_logits(model.parts(pe), torch.from_numpy(parts_y[pidx]))
+                loss = loss + cfg.part_weight * F.binary_cross_entropy_with_logits(
+                    model.parts(pe), torch.from_numpy(parts_y[pidx.numpy()]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (step + 1) % 100 == 0:
-            log(f"judge {kind}: step {step + 1}/{cfg.steps} loss {np.mean(losses[-100:]):.3f}")
+            log(f"judge {kind}: step {step + 1}/{steps} loss {np.mean(losses[-100:]):.3f}")
     model.eval()
-    meta.update({"steps": cfg.steps, "loss_first": float(np.mean(losses[:20])),
+    meta.update({"steps": steps, "loss_first": float(np.mean(losses[:20])),
                  "loss_last": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - start, 1),
                  "train_images": int(len(x_np)), "config": asdict(cfg)})
     return model, meta

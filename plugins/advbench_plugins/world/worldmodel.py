@@ -1,9 +1,11 @@
 """The tiny world's text-to-image model: Stable Diffusion's architecture at 32×32, and its pretraining.
 
-- UNet: ``diffusers.UNet2DConditionModel`` with SD's block types — ``DownBlock2D`` at 32×32, then
+- UNet: ``diffusers.UNet2DConditionModel`` with SD's block types — ``DownBlock2D`` at 16×16, then
   ``CrossAttnDownBlock2D`` ×2, a ``UNetMidBlock2DCrossAttn``, ``CrossAttnUpBlock2D`` ×2, ``UpBlock2D`` — so
-  every cross-attention has ``attn2.to_k``/``attn2.to_v`` as on SD. It works directly on pixels (the
-  ``identity`` layout: no VAE and no space-to-depth, which left a checkerboard in an earlier probe).
+  every cross-attention has ``attn2.to_k``/``attn2.to_v`` as on SD. No VAE: a space-to-depth layout
+  (32×32×3 pixels ↔ 16×16×12 "latents", SD's 8× VAE replaced by a lossless 2× reshuffle). It is ~3× cheaper
+  than the pixel layout on a CPU (which the shared 2-core build could not afford); its cost is a faint 2×2
+  checkerboard in samples, which the judges are trained to ignore (their augmentation adds one).
 - Text: a small ``transformers.CLIPTextModel`` over CLIP's real BPE vocabulary (its first ``n_merges`` merges,
   :mod:`advbench.tokenizer`), trained jointly with the UNet during pretraining, as SD's text path was
   pretrained (a frozen random encoder failed to bind names in the probe).
@@ -28,24 +30,30 @@ from advbench_plugins.world.generators import DOMAINS, get_generator, rng_for
 class WorldModelConfig:
     """Architecture of the world model (``small()`` gives a test-sized one)."""
 
-    channels: tuple[int, ...] = (32, 64, 96)
+    channels: tuple[int, ...] = (48, 64, 96)
     layers_per_block: int = 1
     text_hidden: int = 128
     text_layers: int = 2
     max_length: int = 40
     n_merges: int = 8000
     norm_groups: int = 16
+    space_to_depth: int = 2  # 1: pixel (identity) layout
 
     @classmethod
     def small(cls) -> WorldModelConfig:
         return cls(channels=(16, 32), text_hidden=32, text_layers=1, max_length=24, n_merges=2000, norm_groups=8)
+
+    @property
+    def layout(self) -> dict:
+        f = self.space_to_depth
+        return {"type": "space_to_depth", "factor": f} if f > 1 else {"type": "identity"}
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Pretraining hyper-parameters (the shipped world: ``PretrainConfig()``)."""
 
-    steps: int = 1600
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 100
@@ -68,7 +76,8 @@ def new_world_model(cfg: WorldModelConfig = WorldModelConfig(), seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            sample_size=32, in_channels=3, out_channels=3, block_out_channels=cfg.channels,
+            sample_size=32 // cfg.space_to_depth, in_channels=3 * cfg.space_to_depth ** 2,
+            out_channels=3 * cfg.space_to_depth ** 2, block_out_channels=cfg.channels,
             layers_per_block=cfg.layers_per_block,
             down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
             up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
@@ -80,7 +89,7 @@ def new_world_model(cfg: WorldModelConfig = WorldModelConfig(), seed: int = 0):
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id))
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
-    return Model(unet, text_encoder, tokenizer, scheduler, layout={"type": "identity"}, resolution=32)
+    return Model(unet, text_encoder, tokenizer, scheduler, layout=cfg.layout, resolution=32)
 
 
 def pretrain_batches(cfg: PretrainConfig, world_seed: int = 0) -> Callable:
@@ -105,8 +114,12 @@ def pretrain_batches(cfg: PretrainConfig, world_seed: int = 0) -> Callable:
     return batches
 
 
-def pretrain(model, cfg: PretrainConfig, ctx, log: Callable[[str], None] = print, world_seed: int = 0) -> dict:
-    """Pretrain ``model`` in place through the one fine-tuning engine (UNet and text encoder jointly)."""
+def pretrain(model, cfg: PretrainConfig, ctx, log: Callable[[str], None] = print, world_seed: int = 0,
+             checkpoint: Callable[[int], None] | None = None, checkpoint_every: int = 200) -> dict:
+    """Pretrain ``model`` in place through the one fine-tuning engine (UNet and text encoder jointly).
+
+    ``checkpoint(step)`` is called every ``checkpoint_every`` steps (e.g. to save the model so far).
+    """
     from dataclasses import replace
 
     from advbench.finetune import FinetuneConfig, finetune
@@ -124,6 +137,8 @@ def pretrain(model, cfg: PretrainConfig, ctx, log: Callable[[str], None] = print
             log(f"pretrain step {step + 1}/{cfg.steps} loss {np.mean(window):.4f} "
                 f"({time.perf_counter() - start:.0f} s)")
             window.clear()
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < cfg.steps:
+            checkpoint(step + 1)
 
     result = finetune(model, pretrain_batches(cfg, world_seed), ft, replace(ctx, seed=cfg.seed), callback=report)
     losses = result.losses
