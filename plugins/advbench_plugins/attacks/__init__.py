@@ -10,3 +10,12 @@ from advbench.hookspecs import hookimpl
 def register_attacks(register):
     register("fullft", "advbench_plugins.attacks.fullft:FullFineTune",
              "Full fine-tuning of the UNet (FreezeAsGuard's attacker); honours freeze masks when compliant.")
+    register("lora", "advbench_plugins.attacks.lora:Lora",
+             "LoRA adapters on the UNet's attention projections (IMMA's LoRA attack), merged; "
+             "no adapter on frozen modules when compliant.")
+    register("dreambooth", "advbench_plugins.attacks.dreambooth:DreamBooth",
+             "DreamBooth: whole-UNet fine-tuning with an identifier token and prior preservation.")
+    register("dreambooth-lora", "advbench_plugins.attacks.dreambooth:DreamBoothLoRA",
+             "DreamBooth's objective (identifier + prior preservation) through LoRA adapters, merged.")
+    register("textual-inversion", "advbench_plugins.attacks.textual_inversion:TextualInversion",
+             "Textual inversion: learns a new token embedding only; a UNet freeze mask cannot limit it.")

@@ -9,9 +9,10 @@ by the class noun alone), and each step adds ``prior_loss_weight`` × the DDPM l
     L = E ||ε − ε_θ(x_t, t, c_id)||² + λ · E ||ε' − ε_θ(x'_t, t', c_class)||²
 
 Class images are cached by content hash (model fingerprint, prompts, count, seed, sampler) under
-``class_cache_dir`` (default ``$ADVBENCH_CACHE/dreambooth-class-images``), so every cell attacking the same
-protected model reuses them. The returned model's ``prompt_rewrites`` maps the class name to the identifier
-phrase, so evaluation prompts ask for the learned subject. ``dreambooth`` trains the whole UNet (optionally the
+``class_cache_dir`` (default ``<run's stage cache>/dreambooth-class-images``, ``ctx.cache_dir``; outside a run
+``$ADVBENCH_CACHE`` or ``.advbench_cache``), so every cell attacking the same protected model reuses them.
+The returned model's ``prompt_rewrites`` maps the class name to the identifier phrase, so evaluation prompts
+ask for the learned subject. ``dreambooth`` trains the whole UNet (optionally the
 text encoder) through the shared engine, honouring freeze masks; ``dreambooth-lora`` trains LoRA adapters on
 the attention projections (and the text encoder's, when it trains it) and merges them, writing the adapter
 as a diffusers LoRA file first.
@@ -59,7 +60,7 @@ class DreamBoothParams:
     num_class_images: int = param(32, "Class images generated before fine-tuning (paper: ~1000).")
     class_sampling_steps: int = param(25, "DDIM steps for the class images (SD pipelines: 50).")
     class_guidance_scale: float = param(3.0, "Guidance scale for the class images (SD: 7.5).")
-    class_cache_dir: str = param("", "Where class images are cached; empty: $ADVBENCH_CACHE/dreambooth-class-images.")
+    class_cache_dir: str = param("", "Class-image cache folder; empty: <stage cache>/dreambooth-class-images.")
     train_text_encoder: bool = param(False, "Also train the text encoder (paper: optional).")
     gradient_checkpointing: bool = param(False, "Trade compute for memory (useful on real SD).")
 
@@ -107,7 +108,8 @@ def class_images(model, prompts: list[str], ctx: Context, steps: int, guidance_s
     sampling = SamplingConfig(scheduler="ddim", steps=steps, guidance_scale=guidance_scale, batch_size=16)
     key = stable_hash({"model": model.fingerprint(), "prompts": prompts, "n": len(prompts), "seed": ctx.seed,
                        "sampling": sampling.__dict__, "version": 1})
-    root = Path(cache_dir) if cache_dir else default_cache_dir() / CACHE_SUBDIR
+    # Next to the run's stage cache (ctx.cache_dir), else under the default cache folder.
+    root = Path(cache_dir) if cache_dir else Path(ctx.cache_dir or default_cache_dir()) / CACHE_SUBDIR
     folder = root / key
     if not (folder / "images.npy").exists():
         ctx.log(f"dreambooth: generating {len(prompts)} class images (cached in {folder})")
