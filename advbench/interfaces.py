@@ -59,6 +59,7 @@ class AttackData:
     cls: str
     examples: list[Example]
     role: str  # "illegal" or "legal"
+    class_noun: str = ""  # the domain's coarse class word ("person", "painting"), e.g. for DreamBooth
 
 
 # -------------------------------------------------------------------------------------- constraints
@@ -249,6 +250,10 @@ class Domain(Plugin, abc.ABC):
     def metric_params(self, metric: str) -> dict[str, Any]:
         """Parameters to build the named metric with (e.g. the judge weights that fit this domain)."""
         return {}
+
+    def class_noun(self, cls: str) -> str:
+        """The coarse class word of ``cls`` ("person", "painting"), used by DreamBooth's class prompts."""
+        return ""
 
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments of :class:`advbench.sampling.SamplingConfig` for this domain's evaluation."""

@@ -138,7 +138,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
             def build_adapt(folder: Path, cls=cls, role=role) -> None:
                 ctx = run.context(folder / "artifacts")
                 ctx.work_dir.mkdir(parents=True, exist_ok=True)
-                adapted = attack.adapt(protected, AttackData(cls, data.attacker[cls], role), ctx)
+                adapted = attack.adapt(protected, AttackData(cls, data.attacker[cls], role, domain.class_noun(cls)), ctx)
                 adapted.save(folder / "model")
 
             adapt_dir, adapt_key = run.stage("adapt", adapt_parts, build_adapt, cls)

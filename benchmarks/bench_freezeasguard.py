@@ -178,7 +178,7 @@ def main() -> None:
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    console = Console()
+    console = Console(width=120)
     model, source = load_model(args.model)
     n_params = sum(p.numel() for p in model.unet.parameters())
     n_tensors = len(list(model.unet.parameters()))

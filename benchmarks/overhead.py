@@ -6,7 +6,7 @@ Both sides train the same model (a fresh copy of the same initial weights each r
 and captions, with the same Adam optimizer, gradient clipping and DDPM epsilon loss, for the same number of
 steps. The hand-written loop is what a diffusers example would do with no framework: captions tokenized once,
 a seeded batch permutation, noise and timesteps from a seeded generator, ``unet(...)``, MSE, backward, clip,
-step. The harness side is the real engine as attacks call it (accelerate, progress bar, memory sampler,
+step. The harness side is the real engine as attacks call it (accelerate, progress bar, peak-memory tracking,
 per-step loss logging, requires_grad bookkeeping).
 
 Per-step time is taken from timestamps after every optimizer step (the engine's ``callback``; the plain loop
@@ -126,7 +126,7 @@ def main() -> None:
 
     from advbench.testing import tiny_dataset
 
-    console = Console()
+    console = Console(width=120)
     base, source = load_model(args.model)
     base.to("cpu", torch.float32)
     examples = tiny_dataset(n_classes=1, n_per_class=args.images, resolution=base.resolution).examples("class_0")

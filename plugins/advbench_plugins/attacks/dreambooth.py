@@ -18,8 +18,9 @@ the attention projections (and the text encoder's, when it trains it) and merges
 as a diffusers LoRA file first.
 
 ``class_noun`` is the DreamBooth paper's coarse class word ("person", "painting"). The attack cannot know a
-domain's noun, so by default it is empty: the identifier alone replaces the name and the class prompts are
-the captions with the name removed ("a photo of"). Set it per domain (e.g. ``class_noun=person``).
+domain's noun, so it comes from the domain (``Domain.class_noun``, passed in ``AttackData.class_noun``); the
+parameter overrides it. With neither, the identifier alone replaces the name and the class prompts are the
+captions with the name removed ("a photo of").
 
 Tiny-world defaults versus the papers (see docs/attacks.md): DreamBooth on SD uses lr 5e-6 (IMMA's setting
 too), λ = 1, ~1000 steps, ~1000 class images, batch 1, AdamW; diffusers' LoRA variant lr 1e-4, rank 4. Here:
@@ -54,7 +55,7 @@ class DreamBoothParams:
     lr: float = param(2.5e-4, "Learning rate (DreamBooth and IMMA on SD: 5e-6).")
     optimizer: Literal["adam", "adamw", "sgd"] = param("adam", "Optimizer (paper code: AdamW).")
     identifier: str = param("sks", "Rare token that names the subject in training and evaluation prompts.")
-    class_noun: str = param("", "Coarse class word (paper: e.g. 'dog'); empty: the identifier alone.")
+    class_noun: str = param("", "Coarse class word (paper: e.g. 'dog'); empty: the domain's noun, if any.")
     prior_preservation: bool = param(True, "Add the class-specific prior-preservation loss.")
     prior_loss_weight: float = param(1.0, "Weight λ of the prior-preservation loss (paper: 1).")
     num_class_images: int = param(32, "Class images generated before fine-tuning (paper: ~1000).")
@@ -134,9 +135,13 @@ class DreamBooth(Attack):
     constraints_understood = frozenset({"freeze_mask"})
     Params = DreamBoothParams
 
-    def phrase(self) -> str:
+    def noun(self, data: AttackData) -> str:
+        """The class noun: the parameter if set, else the domain's (``AttackData.class_noun``)."""
+        return self.params.class_noun or data.class_noun
+
+    def phrase(self, noun: str = "") -> str:
         """What replaces the class name in training captions and evaluation prompts."""
-        return f"{self.params.identifier} {self.params.class_noun}".strip()
+        return f"{self.params.identifier} {noun}".strip()
 
     def adapt(self, protected: ProtectedModel, data: AttackData, ctx: Context):
         from advbench.errors import DataError
@@ -150,12 +155,12 @@ class DreamBooth(Attack):
             raise DataError(f"dreambooth got no images of class {data.cls!r}; check the attacker's split")
         frozen = frozen_unet_tensors(self, protected, ctx)
         model = protected.model.clone()
-        phrase = self.phrase()
+        phrase = self.phrase(self.noun(data))
         instance = with_captions(data.examples, [rewrite_caption(e.text, data.cls, phrase) for e in data.examples])
         instances = ShuffledBatches(instance, p.batch_size, model.resolution)
         priors = None
         if p.prior_preservation:
-            prompts = class_prompts(data.examples, data.cls, p.class_noun, p.num_class_images)
+            prompts = class_prompts(data.examples, data.cls, self.noun(data), p.num_class_images)
             # Class images come from the model being attacked, before any fine-tuning (the paper's recipe).
             priors = ShuffledBatches(class_images(model, prompts, ctx, p.class_sampling_steps,
                                                   p.class_guidance_scale, p.class_cache_dir or None),
