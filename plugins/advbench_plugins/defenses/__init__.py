@@ -12,3 +12,5 @@ def register_defenses(register):
              "No defense: the undefended baseline every score is compared with.")
     register("random", "advbench_plugins.defenses.random:RandomFreeze",
              "Random-p freezing of UNet tensors (FreezeAsGuard's R-p baseline).")
+    register("freezeasguard", "advbench_plugins.defenses.freezeasguard:FreezeAsGuard",
+             "FreezeAsGuard: bilevel-learned freeze mask of UNet tensors against illegal adaptation.")
