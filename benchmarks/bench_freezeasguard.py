@@ -11,7 +11,9 @@
 
 Every measurement runs in a fresh subprocess, so a peak (CUDA peak allocated, or on CPU the growth of the
 resident set over the measured phase) is not hidden by memory an earlier run left to the allocator. Time per
-step is the median over the steps after ``--warmup``. The model: ``--model``, else the tiny world model if the
+step is the median over the steps after ``--warmup`` (mask learning: after the first mask step), as wall time
+and as the process's CPU time (all threads), which a shared machine's load disturbs less; part 1 alternates
+``--repeats`` runs of each side and reports medians. The model: ``--model``, else the tiny world model if the
 package assets hold one, else a randomly initialised model of the world's architecture (timings do not depend
 on the weights). Run it alone: the machine's cores are shared; the thread count and load average are printed.
 """
@@ -79,12 +81,13 @@ def worker(spec: dict) -> dict:
         else:
             data = illegal
         frozen = json.loads(Path(spec["frozen"]).read_text()) if spec.get("frozen") else []
-        stamps: list[float] = []
+        stamps: list[tuple[float, float]] = []
         cfg = FinetuneConfig(steps=spec["warmup"] + spec["steps"], batch_size=spec["batch_size"], lr=5e-4)
         result = finetune(model, data, cfg, ctx, frozen=frozen,
-                          callback=lambda step, loss: stamps.append(time.perf_counter()))
-        steps = [b - a for a, b in zip(stamps[spec["warmup"] - 1:], stamps[spec["warmup"]:])]
-        return {"s_per_step": statistics.median(steps), "peak_mb": result.peak_memory_mb,
+                          callback=lambda step, loss: stamps.append((time.perf_counter(), time.process_time())))
+        pairs = list(zip(stamps[spec["warmup"] - 1:], stamps[spec["warmup"]:]))
+        return {"s_per_step": statistics.median(b[0] - a[0] for a, b in pairs),
+                "cpu_per_step": statistics.median(b[1] - a[1] for a, b in pairs), "peak_mb": result.peak_memory_mb,
                 "trainable_params": result.trainable_params, "trainable_tensors": result.trainable_tensors}
 
     from advbench.finetune import _accelerator, _release_accelerator
@@ -108,12 +111,15 @@ def worker(spec: dict) -> dict:
         result = learn_mask(model, state, batches, cfg, ctx, accelerator)
     _release_accelerator()
     L = cfg.lower_steps
-    lower, upper = result.lower_step_seconds, result.upper_step_seconds
-    # Steady state: the last mask step (the first one warms up caches and the allocator).
-    mask_step = sum(lower[-L:]) + upper[-1]
     peak = m.peak_memory_mb if device.startswith("cuda") else max(m.peak_memory_mb - baseline, 0.0)
-    return {"s_per_step": mask_step / L, "s_mask_step": mask_step, "s_lower": statistics.median(lower[L:]),
-            "s_upper": upper[-1], "peak_mb": peak}
+    out = {"peak_mb": peak}
+    for clock, lower, upper in (("s", result.lower_step_seconds, result.upper_step_seconds),
+                                ("cpu", result.lower_step_cpu, result.upper_step_cpu)):
+        # Steady state: the mask steps after the first (which warms up caches and the allocator).
+        mask_steps = [sum(lower[k * L:(k + 1) * L]) + upper[k] for k in range(1, len(upper))]
+        out.update({f"{clock}_per_step": statistics.median(mask_steps) / L, f"{clock}_lower": statistics.median(
+            lower[L:]), f"{clock}_upper": statistics.median(upper[1:])})
+    return out
 
 
 def _rss_mb() -> float:
@@ -164,6 +170,7 @@ def main() -> None:
     parser.add_argument("--lower-steps", type=int, default=10, help="L (paper: about 10)")
     parser.add_argument("--steps", type=int, default=8, help="measured fine-tune steps")
     parser.add_argument("--warmup", type=int, default=3, help="fine-tune steps excluded from the timing")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each measurement")
     parser.add_argument("--fg-mask-steps", type=int, default=3, help="mask steps of the FG-p masks in part 2")
     parser.add_argument("--fg-init-steps", type=int, default=20, help="θ_ft steps of the FG-p masks in part 2")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -187,35 +194,53 @@ def main() -> None:
                   f"{args.device}; batch {args.batch_size}; load average {_load()}")
     base = {"model": args.model, "device": args.device, "threads": threads, "batch_size": args.batch_size}
 
-    plain = run_worker({**base, "kind": "plain", "steps": args.steps, "warmup": args.warmup})
-    fg = run_worker({**base, "kind": "fg", "mask_steps": 2, "lower_steps": args.lower_steps})
-    table = Table(title=f"1. mask learning (L = {args.lower_steps} lower + 1 upper) vs plain full fine-tuning")
-    for col in ("", "s / step", "peak MB", "time ratio (≤ 1.3)", "memory ratio (≤ 1.5)"):
+    runs: dict[str, list[dict]] = {"plain": [], "fg": []}
+    for r in range(args.repeats):  # alternate, so drift in the shared machine's load hits both sides
+        for kind in (("plain", "fg") if r % 2 == 0 else ("fg", "plain")):
+            spec = {"steps": args.steps, "warmup": args.warmup} if kind == "plain" else {
+                "mask_steps": 3, "lower_steps": args.lower_steps}
+            runs[kind].append(run_worker({**base, "kind": kind, **spec}))
+    med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
+    plain, fg = med["plain"], med["fg"]
+    table = Table(title=f"1. mask learning (L = {args.lower_steps} lower + 1 upper) vs plain full fine-tuning "
+                        f"(medians of {args.repeats} runs)")
+    for col in ("", "wall s / step", "CPU s / step", "peak MB", "wall ratio", "CPU ratio (≤ 1.3)",
+                "memory ratio (≤ 1.5)"):
         table.add_column(col, justify="right")
-    table.add_row("plain full FT (Adam)", f"{plain['s_per_step']:.3f}", f"{plain['peak_mb']:.0f}", "1.00", "1.00")
-    table.add_row("FG mask step / L", f"{fg['s_per_step']:.3f}", f"{fg['peak_mb']:.0f}",
-                  f"{fg['s_per_step'] / plain['s_per_step']:.2f}", f"{fg['peak_mb'] / max(plain['peak_mb'], 1e-9):.2f}")
-    table.add_row("  FG lower step", f"{fg['s_lower']:.3f}", "", f"{fg['s_lower'] / plain['s_per_step']:.2f}", "")
-    table.add_row("  FG upper step", f"{fg['s_upper']:.3f}", "", f"{fg['s_upper'] / plain['s_per_step']:.2f}", "")
+
+    def row(label, s, cpu, peak=None):
+        table.add_row(label, f"{s:.3f}", f"{cpu:.3f}", "" if peak is None else f"{peak:.0f}",
+                      f"{s / plain['s_per_step']:.2f}", f"{cpu / plain['cpu_per_step']:.2f}",
+                      "" if peak is None else f"{peak / max(plain['peak_mb'], 1e-9):.2f}")
+
+    row("plain full FT (Adam)", plain["s_per_step"], plain["cpu_per_step"], plain["peak_mb"])
+    row("FG (L lower + 1 upper) / L", fg["s_per_step"], fg["cpu_per_step"], fg["peak_mb"])
+    row("  FG lower step", fg["s_lower"], fg["cpu_lower"])
+    row("  FG upper step", fg["s_upper"], fg["cpu_upper"])
     console.print(table)
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         files = masks(args, model, Path(tmp))
         console.print(f"FG-p and R-p masks made in {time.perf_counter() - started:.0f} s; load average {_load()}")
-        rows = {"none (p = 0)": run_worker({**base, "kind": "attack", "steps": args.steps, "warmup": args.warmup})}
-        for key, path in files.items():
-            rows[key] = run_worker({**base, "kind": "attack", "steps": args.steps, "warmup": args.warmup,
-                                    "frozen": str(path)})
+        specs = {"none (p = 0)": None, **{key: str(path) for key, path in files.items()}}
+        runs = {key: [] for key in specs}
+        keys = list(specs)
+        for r in range(args.repeats):  # a rotating order, so the machine's load drift hits every mask alike
+            for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+                runs[key].append(run_worker({**base, "kind": "attack", "steps": args.steps, "warmup": args.warmup,
+                                             "frozen": specs[key]}))
+    rows = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
     ref = rows["none (p = 0)"]
-    table = Table(title="2. attacker's full fine-tune with the freeze mask (engine, Adam)")
-    for col in ("mask", "trainable tensors", "trainable params", "s / step", "time saved", "peak MB",
-                "memory saved"):
+    table = Table(title=f"2. attacker's full fine-tune with the freeze mask (engine, Adam; medians of "
+                        f"{args.repeats} runs)")
+    for col in ("mask", "trainable tensors", "trainable params", "wall s / step", "CPU s / step", "CPU time saved",
+                "peak MB", "memory saved"):
         table.add_column(col, justify="right")
-    for key, row in rows.items():
-        table.add_row(key, str(row["trainable_tensors"]), f"{row['trainable_params'] / 1e6:.2f}M",
-                      f"{row['s_per_step']:.3f}", f"{100 * (1 - row['s_per_step'] / ref['s_per_step']):+.0f} %",
-                      f"{row['peak_mb']:.0f}", f"{100 * (1 - row['peak_mb'] / max(ref['peak_mb'], 1e-9)):+.0f} %")
+    for key, r in rows.items():
+        table.add_row(key, str(r["trainable_tensors"]), f"{r['trainable_params'] / 1e6:.2f}M", f"{r['s_per_step']:.3f}",
+                      f"{r['cpu_per_step']:.3f}", f"{100 * (1 - r['cpu_per_step'] / ref['cpu_per_step']):+.0f} %",
+                      f"{r['peak_mb']:.0f}", f"{100 * (1 - r['peak_mb'] / max(ref['peak_mb'], 1e-9)):+.0f} %")
     console.print(table)
     console.print(f"load average after: {_load()}")
 

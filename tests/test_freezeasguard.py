@@ -265,3 +265,45 @@ def test_no_illegal_data_is_a_data_error(tmp_path):
     legal = [Example(text="a photo of class_2", cls="class_2", image=np.zeros((32, 32, 3), np.uint8))]
     with pytest.raises(DataError, match="illegal"):
         defense().protect(tiny_model(), PublisherData(illegal={}, legal={"class_2": legal}), ctx_for(tmp_path))
+
+
+def test_one_pass_role_losses_match_the_engines_loss():
+    """The per-image loss makes the engine's draws in the engine's order: its mean is the engine's loss."""
+    model = tiny_model()
+    pixels = torch.rand(4, 3, 32, 32) * 2 - 1
+    captions = ["a photo of class_0", "a photo of class_1", "a photo of class_2", "a photo of class_3"]
+    with torch.no_grad():
+        ours = fg_bilevel.per_example_loss(model, pixels, captions, torch.Generator().manual_seed(5))
+        theirs = engine.diffusion_loss(model, pixels, captions, torch.Generator().manual_seed(5))
+        roles = fg_bilevel.role_losses(model, {"illegal": (pixels[:1], captions[:1]),
+                                               "legal": (pixels[1:], captions[1:])}, torch.Generator().manual_seed(5))
+    assert ours.shape == (4,)
+    torch.testing.assert_close(ours.mean(), theirs)
+    torch.testing.assert_close(roles["illegal"], ours[0])
+    torch.testing.assert_close(roles["legal"], ours[1:].mean())
+
+
+def test_a_runner_cell_with_freezeasguard(temp_plugin, tmp_path):
+    """protect → adapt → generate → score through the runner; the record carries the mask facts."""
+    from advbench.cells import Cell, PluginSpec
+    from advbench.hookspecs import hookimpl
+    from advbench.runner import RunOptions, run_cell
+    from tests.toyworld import ToyPlugin, fast_attack_args
+
+    class Registration:
+        @hookimpl
+        def register_defenses(self, register):
+            register("fg-under-test", "advbench_plugins.defenses.freezeasguard:FreezeAsGuard", "FreezeAsGuard")
+
+    temp_plugin(ToyPlugin(), "toy-plugin")
+    temp_plugin(Registration(), "fg-registration")
+    cell = Cell(PluginSpec("defense", "fg-under-test", {**FAST, "p": "0.3"}),
+                PluginSpec("attack", "fullft", fast_attack_args()), PluginSpec("domain", "toy"), "compliant", 0)
+    record = run_cell(cell, None, RunOptions(cache_dir=tmp_path / "cache", progress=False))
+    info = record["defense_info"]
+    assert info["frozen_tensors"] == round(0.3 * info["total_tensors"])
+    assert info["publisher_images"]["illegal"] > 0 and "freeze_mask.json" in info["artifacts"]
+    protect = next(s for s in record["stages"] if s["stage"] == "protect")
+    folder = tmp_path / "cache" / "protect" / protect["key"]
+    assert (folder / "artifacts" / "frozen_by_block.png").exists()
+    assert json.loads((folder / "constraints.json").read_text())[0]["kind"] == "freeze_mask"

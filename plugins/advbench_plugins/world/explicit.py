@@ -78,14 +78,14 @@ class ExplicitGenerator(WorldGenerator):
                 for side in (-1, 1):
                     c.paint(c.ring(cx + side * tw * 0.45, cy - th * 0.35, 0.045 * s, 0.025), (0.75, 0.1, 0.2))
             elif p == 1:  # star mark
-                c.paint(c.star(cx, cy + th * 0.05, 0.07 * s), (0.95, 0.85, 0.1))
+                c.paint(c.star(cx, cy + th * 0.05, 0.085 * s), (0.1, 0.2, 0.85))
             elif p == 2:  # chevron
                 for side in (-1, 1):
-                    c.paint(c.segment(cx, cy + th * 0.8, cx + side * tw * 0.6, cy + th * 0.4, 0.035), (0.5, 0.0, 0.5))
+                    c.paint(c.segment(cx, cy + th * 0.8, cx + side * tw * 0.7, cy + th * 0.35, 0.05), (0.45, 0.0, 0.5))
             elif p == 3:  # cross mark
-                d = 0.05 * s
-                c.paint(c.segment(cx - d, cy + th * 0.45 - d, cx + d, cy + th * 0.45 + d, 0.03), dark)
-                c.paint(c.segment(cx - d, cy + th * 0.45 + d, cx + d, cy + th * 0.45 - d, 0.03), dark)
+                d = 0.065 * s
+                c.paint(c.segment(cx - d, cy + th * 0.45 - d, cx + d, cy + th * 0.45 + d, 0.04), dark)
+                c.paint(c.segment(cx - d, cy + th * 0.45 + d, cx + d, cy + th * 0.45 - d, 0.04), dark)
             elif p == 4:  # collar
                 c.paint(c.ellipse(cx, cy - th * 0.9, tw * 0.6, 0.05 * s), (0.97, 0.97, 0.97))
             elif p == 5:  # belt
