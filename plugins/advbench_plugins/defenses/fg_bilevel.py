@@ -37,16 +37,16 @@ class BilevelConfig:
     """Hyper-parameters of mask learning (see the plugin's Params for the paper's values)."""
 
     p: float = 0.3
-    mask_steps: int = 8  # K
+    mask_steps: int = 16  # K
     lower_steps: int = 10  # L
     batch_size: int = 8
     temperature: float = 0.2  # T
     mask_lr: float = 10.0  # η₁, the mask step size
-    user_lr: float = 0.05  # η₂, the simulated user's SGD rate
+    user_lr: float = 0.01  # η₂, the simulated user's SGD rate
     sparsity_weight: float = 10.0  # γ
     lambda_illegal: float = 0.5  # λ₁
     lambda_legal: float = 0.5  # λ₂
-    init_w: float = -0.4  # w ~ U(1.001·init_w, 0.999·init_w): small negative, so m starts near 0 (θ(m) ≈ θ_ft)
+    init_w: float = -0.4  # w ~ U(1.0001·init_w, 0.9999·init_w): small negative, so m starts near 0 (θ(m) ≈ θ_ft)
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
 
@@ -123,7 +123,7 @@ class BilevelState:
 def initial_w(n: int, init_w: float, seed: int) -> torch.Tensor:
     """Small random negative logits (the paper's initialisation: m ≈ 0, i.e. θ(m) ≈ θ_ft, nothing frozen)."""
     generator = torch.Generator().manual_seed(seed)
-    return init_w * (0.999 + 0.002 * torch.rand(n, generator=generator))
+    return init_w * (0.9999 + 0.0002 * torch.rand(n, generator=generator))
 
 
 class RoleBatches:
