@@ -126,10 +126,8 @@ def split(dataset: Dataset, classes: list[str], seed: int, reference_fraction: f
     return out
 
 
-def examples_to_tensor(examples: list[Example], resolution: int) -> torch.Tensor:
-    """Images → float32 N×3×R×R in [-1, 1] (shorter side resized to R, then centre-cropped, as diffusers does)."""
-    import torch
-
+def examples_to_array(examples: list[Example], resolution: int) -> np.ndarray:
+    """Images → uint8 N×R×R×3 (shorter side resized to R, then centre-cropped, as diffusers does)."""
     from PIL import Image
 
     arrays = []
@@ -144,8 +142,15 @@ def examples_to_tensor(examples: list[Example], resolution: int) -> torch.Tensor
             pixels = np.asarray(img.crop((left, top, left + resolution, top + resolution)))
         arrays.append(pixels)
     if not arrays:
-        return torch.zeros(0, 3, resolution, resolution)
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        return np.zeros((0, resolution, resolution, 3), dtype=np.uint8)
+    return np.stack(arrays)
+
+
+def examples_to_tensor(examples: list[Example], resolution: int) -> torch.Tensor:
+    """Images → float32 N×3×R×R in [-1, 1] (resized and centre-cropped by :func:`examples_to_array`)."""
+    import torch
+
+    batch = torch.from_numpy(examples_to_array(examples, resolution)).permute(0, 3, 1, 2).float()
     return batch / 127.5 - 1.0
 
 

@@ -88,7 +88,7 @@ def _load_images(folder: Path) -> tuple[np.ndarray, list[str]]:
 
 def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions | None = None) -> dict[str, Any]:
     """Run one cell and return its result record; append it to ``store`` unless it is already there."""
-    from advbench.data import split
+    from advbench.data import examples_to_array, split
     from advbench.model import Model
     from advbench.sampling import SamplingConfig, generate
 
@@ -153,7 +153,8 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
                 _save_images(folder, images, [p for p in prompts for _ in range(per_prompt)])
 
             gen_dir, gen_key = run.stage("generate", gen_parts, build_generate, cls)
-            references = np.stack([e.pixels() for e in data.reference[cls]])
+            # references of any size are resized and centre-cropped to the model's resolution
+            references = examples_to_array(data.reference[cls], base.resolution)
             score_parts = {"generate": gen_key, "metrics": {n: domain.metric_params(n) for n in metric_names},
                            "references": examples_hash(data.reference[cls]), "class": cls}
 

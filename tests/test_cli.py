@@ -181,3 +181,16 @@ def test_bad_data_and_model_folders_exit_2(runner, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     check(_folder_args(data, model), "diffusion_pytorch_model.safetensors")
     check(["--domain", "toy", "--model", str(model)], "diffusion_pytorch_model.safetensors")
+
+
+def test_folder_domain_metric_args():
+    from advbench.errors import ParamError
+    from advbench.params import build_params
+    from advbench_plugins.datasets.folder_domain import FolderDomain
+
+    base = {"data": "d", "model": "m", "illegal": "a", "primary_metric": "openclip-score"}
+    params = build_params(FolderDomain.Params, {**base, "metric_args": "openclip-score.checkpoint=c.st,x.k=1"}, "d")
+    domain = FolderDomain(params)
+    assert domain.metric_params("openclip-score") == {"checkpoint": "c.st"} and domain.metric_params("y") == {}
+    with pytest.raises(ParamError, match="METRIC.KEY=VALUE"):
+        build_params(FolderDomain.Params, {**base, "metric_args": "nokey"}, "d")

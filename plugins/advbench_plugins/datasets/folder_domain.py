@@ -29,6 +29,8 @@ class FolderDomain(Domain):
         prompt_template: str = param("a photo of {cls}", "Evaluation prompt; {cls} is the class name.")
         primary_metric: str = param("", "Name of the primary metric plugin.")
         extra_metrics: tuple[str, ...] = param((), "Other metric plugins to report.")
+        metric_args: tuple[str, ...] = param(
+            (), "Metric parameters as METRIC.KEY=VALUE, comma-separated (e.g. openclip-score.checkpoint=clip.st).")
         scheduler: Literal["ddim", "pndm", "ddpm", "euler", "dpm"] = param("pndm", "Sampler (paper: PNDM).")
         steps: int = param(50, "Sampling steps (paper: 50).")
         guidance_scale: float = param(7.5, "Classifier-free guidance scale.")
@@ -40,6 +42,9 @@ class FolderDomain(Domain):
             check(bool(self.illegal), "illegal is required: --domain-arg illegal=class_a,class_b")
             check(not set(self.illegal) & set(self.legal), "a class cannot be both illegal and legal")
             check("{cls}" in self.prompt_template, "prompt_template must contain {cls}")
+            for item in self.metric_args:
+                name, _, rest = item.partition(".")
+                check(bool(name) and "=" in rest, f"metric_args item {item!r} must look like METRIC.KEY=VALUE")
 
     def __init__(self, params=None):
         super().__init__(params)
@@ -64,6 +69,15 @@ class FolderDomain(Domain):
 
     def prompts(self, cls):
         return [self.params.prompt_template.format(cls=cls)]
+
+    def metric_params(self, metric):
+        out = {}
+        for item in self.params.metric_args:
+            name, _, rest = item.partition(".")
+            key, _, value = rest.partition("=")
+            if name == metric:
+                out[key] = value
+        return out
 
     def base_model(self):
         from advbench.model import Model
