@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from advbench.interfaces import Context
@@ -52,7 +51,6 @@ def test_judge_training_is_deterministic_and_round_trips(tmp_path):
     assert meta_c["n_classes"] == 30 + 4
 
 
-@pytest.mark.slow
 def test_small_world_builds_end_to_end_and_runs_a_cell(tmp_path):
     from click.testing import CliRunner
 

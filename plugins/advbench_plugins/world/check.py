@@ -101,19 +101,26 @@ def effect_size(row: dict, primary: str) -> float:
     return float(abs(change.mean()) / max(change.std(), 1e-6))
 
 
-def render_markdown(judges: dict[str, dict], checks: list[dict], meta: dict) -> str:
-    lines = ["# Tiny world check", "", f"Written by `advbench world check` ({meta}).", "", TARGETS, "",
-             "## 1. Judges on held-out procedural images", "", "| domain | judge measure | accuracy |", "|---|---|---|"]
-    for domain, values in judges.items():
-        lines += [f"| {domain} | {k} | {v:.3f} |" for k, v in values.items()]
+def render_markdown(results: dict[str, dict]) -> str:
+    """The check table from per-domain results (``{domain: {"judges", "check", "meta"}}``)."""
+    order = [d for d in ("portraits", "artworks", "explicit") if d in results]
+    lines = ["# Tiny world check", "", "Written by `advbench world check`; raw numbers in `world-check.json`.", "",
+             TARGETS, "", "| domain | run |", "|---|---|"]
+    lines += [f"| {d} | {results[d]['meta']} |" for d in order]
+    lines += ["", "## 1. Judges on held-out procedural images", "", "| domain | judge measure | accuracy |",
+              "|---|---|---|"]
+    for d in order:
+        lines += [f"| {d} | {k} | {v:.3f} |" for k, v in results[d]["judges"].items()]
     lines += ["", "## 2–4. Recognition and primary metric before/after the default `fullft` attack", "",
-              "Values are mean ± std over seeds (each seed: its own data split, fine-tune and sampling).", "",
+              "Values are mean ± std over seeds (each seed: its own data split, fine-tune and sampling). Effect size: "
+              "|mean over seeds of (after − before)| / std over seeds of that change.", "",
               "| domain | class | role | recognition before | recognition after | chance | primary metric | "
               "before | after | effect size |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for c in checks:
-        rec = RECOGNITION[c["domain"]][1]
+    for d in order:
+        c = results[d]["check"]
+        rec = RECOGNITION[d][1]
         for cls, row in c["rows"].items():
-            lines.append(f"| {c['domain']} | {cls} | {row['role']} | {_fmt(row['before'][rec])} | "
+            lines.append(f"| {d} | {cls} | {row['role']} | {_fmt(row['before'][rec])} | "
                          f"{_fmt(row['after'][rec])} | {c['chance']:.3f} | {c['primary']} "
                          f"({'higher' if c['higher_is_better'] else 'lower'} = better forgery) | "
                          f"{_fmt(row['before'][c['primary']])} | {_fmt(row['after'][c['primary']])} | "
@@ -123,20 +130,31 @@ def render_markdown(judges: dict[str, dict], checks: list[dict], meta: dict) -> 
 
 def run_check(domains, seeds: int = 3, n_classes: int = 2, steps: int | None = None,
               output: Path | None = None, threads: int = 2, log: Callable[[str], None] = print) -> str:
+    """Run the check for ``domains``; results of other domains already in ``output``'s JSON are kept."""
+    import json
+
     import torch
 
     torch.set_num_threads(threads)
-    start = time.perf_counter()
-    judges = {d: judge_accuracy(d) for d in domains}
-    for d, values in judges.items():
-        log(f"{d} judges: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
-    checks = [domain_check(d, seeds, n_classes, steps, log) for d in domains]
-    meta = f"{seeds} seeds, {n_classes}+{n_classes} classes per domain, attack steps {steps or 'default'}, " \
-           f"{threads} torch threads, {time.perf_counter() - start:.0f} s"
-    text = render_markdown(judges, checks, meta)
+    fresh = {}
+    for d in domains:
+        start = time.perf_counter()
+        judges = judge_accuracy(d)
+        log(f"{d} judges: " + ", ".join(f"{k} {v:.3f}" for k, v in judges.items()))
+        check = domain_check(d, seeds, n_classes, steps, log)
+        meta = (f"{seeds} seeds, {n_classes}+{n_classes} classes, attack steps {steps or 'default'}, "
+                f"{threads} torch thread(s), {time.perf_counter() - start:.0f} s")
+        fresh[d] = {"judges": judges, "check": check, "meta": meta}
+    results = dict(fresh)
+    if output is not None:
+        store = Path(output).with_suffix(".json")
+        if store.exists():  # read at the end, so checks of different domains may run side by side
+            results = {**json.loads(store.read_text()), **fresh}
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(results, indent=1, sort_keys=True))
+    text = render_markdown(results)
     print(text)
     if output is not None:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(text)
     return text
 

@@ -8,7 +8,9 @@
 | ``align`` | CLIP | (image, caption) pairs of all three domains, contrastive | image and text embeddings |
 
 Augmentation imitates what a generator gets wrong (shift, blur, colour drift, contrast, pixel noise and a
-checkerboard), so the judges do not underrate generated images for their artefacts. Weights are safetensors.
+checkerboard), so the judges do not underrate generated images for their artefacts. The motif detector also
+trains on samples of the world model (when one is built) as negatives of the restricted parts: without them it
+fired on generator noise. Weights are safetensors.
 """
 
 from __future__ import annotations
@@ -176,8 +178,28 @@ def judge_tokenizer():
     return clip_tokenizer(max_length=48, n_merges=8000)
 
 
-def train_one(kind: str, cfg: JudgeTrainConfig, log: Callable[[str], None] = print) -> tuple[Judge, dict]:
-    """Train one judge; returns the model (eval mode) and its facts (labels, losses, seconds)."""
+def world_model_negatives(model_folder: Path, rng: np.random.Generator, log: Callable[[str], None],
+                          n_prompts: int = 64, per_prompt: int = 3) -> np.ndarray:
+    """Samples of the world model from pool captions of all three domains (DDIM 25, guidance 3)."""
+    from advbench.interfaces import Context
+    from advbench.model import Model
+    from advbench.sampling import SamplingConfig, generate
+
+    model = Model.load(model_folder)
+    prompts = []
+    for d in DOMAINS:
+        prompts += get_generator(d).pretrain_batch(rng, n_prompts // 3 + 1)[1]
+    log(f"judge motif: sampling {len(prompts) * per_prompt} world-model images as negatives")
+    cfg = SamplingConfig(scheduler="ddim", steps=25, guidance_scale=3.0, images_per_prompt=per_prompt, batch_size=16)
+    return generate(model, prompts, cfg, Context(seed=12345, progress=False))
+
+
+def train_one(kind: str, cfg: JudgeTrainConfig, log: Callable[[str], None] = print,
+              model_folder: Path | None = None) -> tuple[Judge, dict]:
+    """Train one judge; returns the model (eval mode) and its facts (labels, losses, seconds).
+
+    ``model_folder``: a world model whose samples become negatives of the motif detector's restricted parts.
+    """
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     rng = rng_for("judge", kind, cfg.seed)
@@ -197,6 +219,18 @@ def train_one(kind: str, cfg: JudgeTrainConfig, log: Callable[[str], None] = pri
         specs = [gen.specs[c] for c in gen.benchmark_classes] + list(gen.pool)
         class_parts = np.stack([gen.part_labels(specs[k]) for k in y_np])
         parts_x, parts_y = np.concatenate([parts_x, x_np]), np.concatenate([parts_y, class_parts])
+        parts_mask = np.ones_like(parts_y)
+        if model_folder is not None:
+            # The world model's own samples from pretraining prompts never show restricted parts: they teach
+            # the detector that generator noise is not a part (restricted labels 0, benign labels unknown).
+            neg = world_model_negatives(model_folder, rng, log)
+            n_restricted = 4
+            mask = np.zeros((len(neg), len(PARTS)), np.float32)
+            mask[:, :n_restricted] = 1
+            parts_x = np.concatenate([parts_x, neg])
+            parts_y = np.concatenate([parts_y, np.zeros_like(mask)])
+            parts_mask = np.concatenate([parts_mask, mask])
+            meta["generated_negatives"] = int(len(neg))
         model = Judge(kind, n_classes=int(y_np.max()) + 1, n_parts=len(PARTS))
         meta["labels"], meta["parts"] = gen.judge_labels()[:model.head.weight.shape[0]], list(PARTS)
     else:
@@ -237,8 +271,10 @@ def train_one(kind: str, cfg: JudgeTrainConfig, log: Callable[[str], None] = pri
             if kind == "motif":
                 pidx = torch.randint(0, len(parts_x), (cfg.batch_size,), generator=g)
                 pe = model.backbone(augment(to_tensor(parts_x[pidx.numpy()]), g))
-                loss = loss + cfg.part_weight * F.binary_cross_entropy_with_logits(
-                    model.parts(pe), torch.from_numpy(parts_y[pidx.numpy()]))
+                w = torch.from_numpy(parts_mask[pidx.numpy()])
+                bce = F.binary_cross_entropy_with_logits(model.parts(pe), torch.from_numpy(parts_y[pidx.numpy()]),
+                                                         weight=w, reduction="sum") / w.sum().clamp(min=1)
+                loss = loss + cfg.part_weight * bce
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -284,12 +320,12 @@ def load_judge(kind: str, folder: Path | None = None) -> tuple[Judge, dict]:
 
 
 def train_judges(folder: Path, cfg: JudgeTrainConfig, threads: int = 2, kinds=JUDGES,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, model_folder: Path | None = None) -> dict:
     """Train and save every judge; returns {kind: facts}."""
     torch.set_num_threads(threads)
     facts = {}
     for kind in kinds:
-        model, meta = train_one(kind, cfg, log)
+        model, meta = train_one(kind, cfg, log, model_folder if kind == "motif" else None)
         save_judge(model, meta, Path(folder))
         facts[kind] = {k: v for k, v in meta.items() if k not in ("labels", "parts")}
         log(f"judge {kind}: {facts[kind]['seconds']} s, loss {meta['loss_first']:.3f} -> {meta['loss_last']:.3f}")

@@ -189,13 +189,12 @@ class FID(Metric):
     Params = JudgeParams
 
     def score(self, images, references, prompts, ctx, cls=None) -> float:
-        from scipy import linalg
-
         a, b = align_features(images, self.params.judges), align_features(references, self.params.judges)
         mu = a.mean(0) - b.mean(0)
         ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-        covmean = linalg.sqrtm(ca @ cb)
-        return float(mu @ mu + np.trace(ca) + np.trace(cb) - 2 * np.trace(np.real(covmean)))
+        # tr sqrt(Σa Σb) = Σ sqrt(λ_i) over the eigenvalues of Σa Σb (real and ≥ 0 for PSD Σa, Σb).
+        eig = np.clip(np.real(np.linalg.eigvals(ca @ cb)), 0, None)
+        return float(mu @ mu + np.trace(ca) + np.trace(cb) - 2 * np.sqrt(eig).sum())
 
 
 class KID(Metric):
