@@ -124,8 +124,11 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: FinetuneConfig) -> to
 
 
 def diffusion_loss(model: Model, pixel_values: torch.Tensor, captions: Sequence[str],
-                   generator: torch.Generator) -> torch.Tensor:
-    """DDPM loss: MSE between the UNet's prediction and the noise (or velocity/sample, per the scheduler)."""
+                   generator: torch.Generator, reduction: str = "mean") -> torch.Tensor:
+    """DDPM loss: MSE between the UNet's prediction and the noise (or velocity/sample, per the scheduler).
+
+    ``reduction="none"`` returns one loss per image (the mean over its elements) instead of the batch mean.
+    """
     device = model.device
     with torch.no_grad():  # the VAE (if any) is never trained; pixel layouts need no gradient either
         latents = model.encode_images(pixel_values.to(device), generator=generator).float()
@@ -144,6 +147,8 @@ def diffusion_loss(model: Model, pixel_values: torch.Tensor, captions: Sequence[
         target = model.scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = latents
+    if reduction == "none":
+        return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
     return F.mse_loss(prediction.float(), target.float())
 
 

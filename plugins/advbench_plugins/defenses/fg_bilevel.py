@@ -190,25 +190,9 @@ def per_example_loss(model, pixel_values: torch.Tensor, captions: list[str], gen
     Both roles go through one forward pass; their means are then taken separately (two half-batch passes cost
     ~15 % more on a CPU). ``tests/test_freezeasguard.py`` checks that the mean equals the engine's loss.
     """
-    import torch.nn.functional as F
+    from advbench.finetune import diffusion_loss
 
-    device = model.device
-    with torch.no_grad():
-        latents = model.encode_images(pixel_values.to(device), generator=generator).float()
-    noise = torch.randn(latents.shape, generator=generator).to(device)
-    timesteps = torch.randint(0, model.scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator).to(device)
-    # Forward diffusion: x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε; the UNet predicts ε (or v, or x_0).
-    noisy = model.scheduler.add_noise(latents, noise, timesteps)
-    prediction = model.unet(noisy, timesteps, model.encode_prompts(list(captions))).sample
-    kind = model.scheduler.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = model.scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = latents
-    return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return diffusion_loss(model, pixel_values, captions, generator, reduction="none")
 
 
 def role_losses(model, batch: dict[str, tuple[torch.Tensor, list[str]]], generator: torch.Generator
