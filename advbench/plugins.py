@@ -120,5 +120,10 @@ def reset() -> None:
 
 
 def add_commands(cli) -> None:
-    """Let plugins add CLI commands."""
-    get_plugin_manager().hook.register_commands(cli=cli)
+    """Let plugins add CLI commands; a plugin whose hook raises is skipped with a warning naming it."""
+    for impl in get_plugin_manager().hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli)
+        except Exception as exc:
+            warnings.warn(f"advbench plugin '{impl.plugin_name}' failed in register_commands and was skipped: "
+                          f"{exc}", PluginWarning, stacklevel=2)

@@ -141,3 +141,18 @@ def test_example_plugin_runs_in_a_cell(tmp_path, monkeypatch, fresh_plugins):
     record = run_cell(cell, None, RunOptions(cache_dir=tmp_path / "cache", progress=False))
     assert record["defense_info"] == {"noise_scale": 0.05}
     assert record["provenance"]["plugins"]["defense"]["example-noise"]["plugin"] == "advbench-example-plugin:example"
+
+
+def test_broken_command_hook_is_skipped(temp_plugin):
+    import click
+
+    class Broken:
+        @hookimpl
+        def register_commands(self, cli):
+            raise RuntimeError("no commands today")
+
+    temp_plugin(Broken(), "broken-commands")
+    group = click.Group()
+    with pytest.warns(plugins.PluginWarning, match="broken-commands.*no commands today"):
+        plugins.add_commands(group)
+    assert "world" in group.commands  # the built-in world plugin's commands still arrive
