@@ -8,6 +8,7 @@ This module never imports torch.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import tempfile
@@ -318,17 +319,9 @@ def _figure(n_panels: int, width: float, height: float = 3.6):
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    _atomic_write(path, buffer.getvalue())
     return path
 
 
