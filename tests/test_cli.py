@@ -194,3 +194,31 @@ def test_folder_domain_metric_args():
     assert domain.metric_params("openclip-score") == {"checkpoint": "c.st"} and domain.metric_params("y") == {}
     with pytest.raises(ParamError, match="METRIC.KEY=VALUE"):
         build_params(FolderDomain.Params, {**base, "metric_args": "nokey"}, "d")
+
+
+def test_bench_shards_split_the_grid_and_share_one_results_file(runner, tmp_path):
+    spec = tmp_path / "grid.toml"
+    spec.write_text(SPEC)
+    results = tmp_path / "grid.jsonl"
+    common = ["--results", str(results), "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--threads", "1"]
+    first = invoke(runner, "bench", str(spec), *common, "--shard", "1/2")
+    assert first.exit_code == 0, first.output
+    assert len(results.read_text().splitlines()) == 3
+    # --check before the other shard ran refuses rather than comparing half a grid
+    early = invoke(runner, "bench", str(spec), *common, "--shard", "1/2", "--check", str(tmp_path / "x.csv"))
+    assert early.exit_code == 2 and "run the other shards first" in early.output
+    second = invoke(runner, "bench", str(spec), *common, "--shard", "2/2")
+    assert second.exit_code == 0, second.output
+    ids = [json.loads(line)["cell_id"] for line in results.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 6
+    whole = invoke(runner, "bench", str(spec), *common, "--dry-run")
+    assert whole.output.count("done") == 6
+
+
+@pytest.mark.parametrize("shard", ["2", "0/2", "3/2", "a/b"])
+def test_bad_shard_is_one_line_exit_2(runner, tmp_path, shard):
+    spec = tmp_path / "grid.toml"
+    spec.write_text(SPEC)
+    out = invoke(runner, "bench", str(spec), "--results", str(tmp_path / "r.jsonl"), "--shard", shard)
+    assert out.exit_code == 2 and "--shard" in out.output
+    assert len(out.output.strip().splitlines()) == 1 and not (tmp_path / "r.jsonl").exists()

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from advbench.errors import UserError
+
 
 @click.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
@@ -20,8 +22,16 @@ import click
 @click.option("--no-cache", is_flag=True, help="Recompute every stage.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps, or auto.")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
-def bench(spec_path, results, check_csv, tolerance, dry_run, **execution):
-    """Run every cell of a benchmark spec (finished cells are skipped, so a killed run resumes)."""
+@click.option("--shard", default=None, metavar="K/N",
+              help="Run only every N-th cell starting at the K-th (1-based), e.g. 1/2 and 2/2 in two processes "
+                   "or on two machines; all shards may append to the same results file.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads for this process (default: torch's choice, usually all cores).")
+def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, **execution):
+    """Run every cell of a benchmark spec (finished cells are skipped, so a killed run resumes).
+
+    Cells run in the spec's order: domain, then defense, attack, threat model and seed.
+    """
     from rich.console import Console
     from rich.live import Live
 
@@ -32,22 +42,30 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, **execution):
     from advbench.spec import load_spec
 
     spec = load_spec(spec_path)
+    shard_index, shard_count = parse_shard(shard)
     results = results or spec.results or f"results/{spec.name}.jsonl"
     store = ResultStore(results)
     done = store.finished_ids()
-    ids = [cell_id(cell.to_json()) for cell in spec.cells]
+    all_ids = [cell_id(cell.to_json()) for cell in spec.cells]
+    cells = spec.cells[shard_index::shard_count]
+    ids = all_ids[shard_index::shard_count]
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     console = Console(stderr=True)
     if dry_run:
-        for cell, cid in zip(spec.cells, ids):
+        for cell, cid in zip(cells, ids):
             console.print(f"{'done' if cid in done else 'todo'}  {cid}  {cell.describe()}")
         return
     current = {"text": ""}
     options = run_options(**execution, quiet=True,
                           on_stage=lambda name, entry: current.update(text=f"{name} {entry['class'] or ''}"))
     rows = []
-    title = f"{spec.name}: {len(spec.cells)} cells -> {results}"
+    shard_text = f" (shard {shard})" if shard else ""
+    title = f"{spec.name}: {len(cells)} of {len(spec.cells)} cells{shard_text} -> {results}"
     with Live(cells_table(rows, title), console=console, refresh_per_second=2, transient=False) as live:
-        for index, (cell, cid) in enumerate(zip(spec.cells, ids), 1):
+        for index, (cell, cid) in enumerate(zip(cells, ids), 1):
             skipped = cid in done
             live.update(cells_table(rows + [_row(cell, None, f"running ({index}/{len(ids)})")], title))
             record = run_cell(cell, store, options)
@@ -57,9 +75,25 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, **execution):
     if check_csv:
         from advbench.cli.leaderboard import check_command
 
-        records = [r for r in store.records() if r["cell_id"] in set(ids)]
+        wanted = set(all_ids)
+        records = [r for r in store.records() if r["cell_id"] in wanted]
+        if len({r["cell_id"] for r in records}) < len(wanted):
+            raise UserError("--check needs every cell of the spec in the results; run the other shards first")
         if not check_command(records, check_csv, tolerance):
             sys.exit(1)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"K/N"`` → (K-1, N): the 0-based start and the stride; None → the whole grid."""
+    if text is None:
+        return 0, 1
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r} is not K/N; write e.g. --shard 1/2") from None
+    if not 1 <= k <= n:
+        raise UserError(f"--shard {text!r}: K must be between 1 and N; write e.g. --shard 2/2")
+    return k - 1, n
 
 
 def _row(cell, record, status):
