@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -206,6 +206,20 @@ def _release_accelerator() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@contextmanager
+def accelerator_session(mixed_precision: str, device: str) -> Iterator[Any]:
+    """A fresh accelerate ``Accelerator`` for a plugin's own training loop, released on exit.
+
+    For defenses that train outside :func:`finetune` (FreezeAsGuard's bilevel loop) with the same device and
+    precision handling as the engine.
+    """
+    accelerator = _accelerator(mixed_precision, device)
+    try:
+        yield accelerator
+    finally:
+        _release_accelerator()
 
 
 def finetune(model: Model, examples: list[Example] | BatchFn, cfg: FinetuneConfig, ctx: Context,

@@ -19,3 +19,5 @@ def register_attacks(register):
              "DreamBooth's objective (identifier + prior preservation) through LoRA adapters, merged.")
     register("textual-inversion", "advbench_plugins.attacks.textual_inversion:TextualInversion",
              "Textual inversion: learns a new token embedding only; a UNet freeze mask cannot limit it.")
+    register("no-attack", "advbench_plugins.attacks.noattack:NoAttack",
+             "No adaptation: samples the protected model as is (the before-attack reference row).")

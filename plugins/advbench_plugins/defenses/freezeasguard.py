@@ -100,7 +100,7 @@ class FreezeAsGuard(Defense):
     def protect(self, model, publisher_data: PublisherData, ctx: Context) -> ProtectedModel:
         import torch
 
-        from advbench.finetune import _accelerator, _release_accelerator
+        from advbench.finetune import accelerator_session
         from advbench_plugins.defenses import fg_artifacts
         from advbench_plugins.defenses.fg_bilevel import BilevelState, RoleBatches, initial_w, learn_mask
 
@@ -117,8 +117,7 @@ class FreezeAsGuard(Defense):
         lam1, lam2 = self.lambdas(len(illegal), len(legal))
         cfg = self.bilevel_config(lam1, lam2, ctx)
         work = model.clone()
-        accelerator = _accelerator(ctx.mixed_precision, ctx.device)
-        try:
+        with accelerator_session(ctx.mixed_precision, ctx.device) as accelerator:
             work.to(accelerator.device, torch.float32)
             for module in work.components().values():
                 module.requires_grad_(False).eval()
@@ -136,8 +135,6 @@ class FreezeAsGuard(Defense):
                         f"lower {row['lower_loss']:.4f} ratio {row['soft_ratio']:.3f} (hard {row['hard_ratio']:.3f})")
 
             result = learn_mask(work, state, batches, cfg, ctx, accelerator, on_step=report)
-        finally:
-            _release_accelerator()
         del work, state
 
         sizes = {name: p.numel() for name, p in model.unet.named_parameters()}
