@@ -14,7 +14,8 @@ in the stage cache (``<cache>/protect/<key>/constraints.json``) and prints, as m
 - the frozen share of parameters per kind of tensor (the kinds of FreezeAsGuard's block heatmap: resnet,
   self-attention, cross-attention, feed-forward, ...), to see what FreezeAsGuard prefers;
 - for FreezeAsGuard, its mask-learning curves (``mask_curves.csv``): the simulated user's illegal and legal
-  losses at the first and the last mask step.
+  losses at the first and the last mask step; ``--curves-png PATH`` also plots them per domain and p (mean
+  over seeds) against the mask step.
 Nothing here trains: it needs the cache of the bench run that wrote the results.
 """
 
@@ -91,6 +92,35 @@ def diagnose(results: Path, cache: Path) -> list[dict]:
     return rows
 
 
+def plot_curves(results: Path, cache: Path, path: Path) -> Path:
+    """Mask-learning curves (simulated user's illegal and legal loss per mask step), one panel per domain."""
+    import numpy as np
+
+    from advbench.leaderboard import _figure, _save
+
+    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    curves: dict[str, dict[float, list]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r["cell"]["defense"]["name"] == "freezeasguard":
+            rows = curve_rows(cache, r)
+            if rows:
+                curves[r["cell"]["domain"]["name"]][r["cell"]["defense"]["params"]["p"]].append(rows)
+    if not curves:
+        raise SystemExit(f"no FreezeAsGuard mask curves in {cache} for the cells of {results}")
+    fig, axes = _figure(len(curves), 7.5, 2.8)
+    for ax, (domain, by_p) in zip(axes, sorted(curves.items())):
+        for p, runs in sorted(by_p.items()):
+            steps = [int(row["mask_step"]) for row in runs[0]]
+            for column, style in (("illegal_loss", "-"), ("legal_loss", "--")):
+                values = np.mean([[float(row[column]) for row in run] for run in runs], axis=0)
+                ax.plot(steps, values, style, label=f"p={p} {column.split('_')[0]}")
+        ax.set_title(f"{domain}: simulated user's loss during mask learning (mean over seeds)")
+        ax.set_xlabel("mask step")
+        ax.set_ylabel("diffusion loss")
+        ax.legend(fontsize=7, ncol=3)
+    return _save(fig, path)
+
+
 def _pm(values: list[float]) -> str:
     import numpy as np
 
@@ -131,6 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--cache-dir", type=Path, default=Path(".advbench_cache"))
+    parser.add_argument("--curves-png", type=Path, default=None, help="also plot the mask-learning curves here")
     args = parser.parse_args()
     import pandas as pd
 
@@ -142,6 +173,8 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"no random/freezeasguard cells with cached masks in {args.results} and {args.cache_dir}")
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
+    if args.curves_png:
+        print(f"\nmask curves: {plot_curves(args.results, args.cache_dir, args.curves_png)}")
 
 
 if __name__ == "__main__":
