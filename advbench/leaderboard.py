@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -119,6 +120,12 @@ def score_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _natural_key(label: str) -> tuple:
+    """Sort key that compares digit runs as numbers ("steps=800" < "steps=1600")."""
+    return tuple((0, float(part), "") if part.replace(".", "", 1).isdigit() else (1, 0.0, part)
+                 for part in re.split(r"(\d+(?:\.\d+)?)", label) if part)
+
+
 def build_leaderboard(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (domain, defense, attack, threat model): illegal/legal metric values and the two scores.
 
@@ -159,8 +166,12 @@ def build_leaderboard(records: list[dict[str, Any]]) -> pd.DataFrame:
     columns = [*KEYS, "n_seeds", "primary_metric", *metric_cols, *SUMMARY, "baseline_matched"]
     df = pd.DataFrame(rows, columns=columns)
     if len(df):
-        df = df.sort_values(["domain", "attack", "threat_model", "mitigation_power_mean", "defense"],
+        # Numbers inside labels sort as numbers: fullft[steps=800] before fullft[steps=1600].
+        order = {label: i for i, label in enumerate(sorted(df["attack"].unique(), key=_natural_key))}
+        df["_attack_order"] = df["attack"].map(order)
+        df = df.sort_values(["domain", "_attack_order", "threat_model", "mitigation_power_mean", "defense"],
                             ascending=[True, True, True, False, True], na_position="last", kind="mergesort")
+        df = df.drop(columns="_attack_order")
     df = df.reset_index(drop=True)
     df.attrs["higher_is_better"] = {n: directions[n] for n in names}
     return df

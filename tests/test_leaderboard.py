@@ -113,6 +113,13 @@ def test_baseline_is_per_attack_and_threat_model_and_may_be_missing():
         ("fullft", "unconstrained", "guard"), ("fullft", "unconstrained", "none"), ("lora", "compliant", "guard")]
 
 
+
+def test_numbers_in_attack_labels_sort_as_numbers():
+    records = [rec(d, 0, 0.4, 0.5, attack_label=f"fullft[steps={n}]", attack_params={"steps": n})
+               for n in (1600, 200, 800, 50) for d in ("none", "guard")]
+    df = build_leaderboard(records)
+    assert list(dict.fromkeys(df["attack"])) == [f"fullft[steps={n}]" for n in (50, 200, 800, 1600)]
+
 def test_metric_columns_and_domains():
     two = {"dist": False, "sim": True}
     records = [make_record("none", domain=d, illegal={"a": {"dist": 0.4, "sim": 0.8}},
