@@ -1,0 +1,42 @@
+"""The report scripts in benchmarks/ that docs/results.md quotes, on hand-made records."""
+
+import importlib.util
+from pathlib import Path
+
+from advbench.leaderboard import build_leaderboard
+
+from tests.test_results import make_record
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rec(defense, attack, seed, illegal_recog, illegal_dist):
+    r = make_record(defense=defense, attack=attack, seed=seed,
+                    illegal={"a": {"dist": illegal_dist, "x-recognition": illegal_recog}},
+                    legal={"b": {"dist": 0.5, "x-recognition": 0.5}},
+                    higher_is_better={"dist": False, "x-recognition": True}, primary="dist")
+    r["stages"].append({"stage": "adapt", "class": "a", "key": "k", "seconds": 20.0 * (seed + 1),
+                        "peak_memory_mb": 100.0 + seed, "cached": False})
+    return r
+
+
+def test_attack_summary_tables():
+    summary = load("attack_summary")
+    records = [rec("none", "no-attack", s, 0.0, 0.9) for s in (0, 1)] + \
+        [rec("none", "fullft", s, 0.9, 0.4) for s in (0, 1)] + [rec("guard", "fullft", s, 0.5, 0.6) for s in (0, 1)]
+    text = summary.summarize(build_leaderboard(records), before="no-attack", baseline="none")
+    lines = text.splitlines()
+    assert "| no-attack (before) | compliant | 0.00 ± 0.00 | 0.50 ± 0.00 | 0.900 ± 0.000 | 0.500 ± 0.000 |" in lines
+    assert "| fullft | compliant | 0.90 ± 0.00 | 0.50 ± 0.00 | 0.400 ± 0.000 | 0.500 ± 0.000 |" in lines
+    # guard: MP = (0.6 - 0.4) / 0.4 = +0.5, LI 0; recognition left 0.9 undefended, 0.5 under guard
+    assert "| fullft | +0.500 ± 0.000 | 0.000 ± 0.000 | 0.90 ± 0.00 | 0.50 ± 0.00 |" in lines
+    cost = summary.cost_table(records).splitlines()
+    # steps 10 (make_record's default); seeds 0 and 1 take 20 s and 40 s
+    assert "| fullft | 4 | 30.0 | 3.000 | 101 |" in cost
