@@ -137,7 +137,12 @@ def test_dreambooth_lora_with_text_encoder_saves_a_plain_model(tmp_path, data):
     text_before, text_after = base.text_encoder.state_dict(), adapted.text_encoder.state_dict()
     assert set(text_after) == set(text_before)
     assert any(not torch.equal(text_after[n], text_before[n]) for n in text_before)
-    assert (tmp_path / common.LORA_FILE).exists()
+    changed = {n for n in text_before if not torch.equal(text_after[n], text_before[n])}
+    assert changed and all(any(t in n for t in ("q_proj", "k_proj", "v_proj", "out_proj")) for n in changed)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / common.LORA_FILE), "pt") as fh:
+        keys = list(fh.keys())
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
     adapted.save(tmp_path / "model")
     assert Model.load(tmp_path / "model").fingerprint() == adapted.fingerprint()
 

@@ -47,14 +47,25 @@ def lora_targets(module: torch.nn.Module, targets: tuple[str, ...], frozen: set[
 
 def add_lora(module: torch.nn.Module, names: list[str], rank: int, alpha: float, dropout: float,
              seed: int) -> list[torch.nn.Parameter]:
-    """Attach a LoRA adapter (``add_adapter``) to exactly ``names``; returns its parameters (seeded init)."""
-    from peft import LoraConfig
+    """Attach a LoRA adapter to exactly ``names``; returns its parameters (seeded init).
+
+    A diffusers model gets it through its own ``add_adapter``, as diffusers' training scripts do. Any other
+    module (the transformers text encoder) gets it from peft directly: transformers' ``add_adapter`` refuses
+    peft releases older than the one it was built against (5.24 asks for a peft that is not yet released),
+    while peft's ``inject_adapter_in_model`` builds the same layers and records the same ``peft_config``.
+    """
+    from diffusers import ModelMixin
+    from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
                         target_modules=list(names))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module.add_adapter(config)
+        if isinstance(module, ModelMixin):
+            module.add_adapter(config)
+        else:
+            inject_adapter_in_model(config, module, adapter_name="default")
+            module.peft_config = {"default": config}
     return [p for n, p in module.named_parameters() if "lora_" in n]
 
 
