@@ -91,6 +91,8 @@ def test_bench_grid_resume_and_check(runner, tmp_path):
     # a second run finds every cell done
     again = invoke(runner, "bench", str(spec), *common, "--dry-run")
     assert again.output.count("done") == 6 and "todo" not in again.output
+    # swept labels are shown as written, not eaten as rich markup
+    assert "random[p=0.3]" in again.output and "random[p=0.6]" in again.output
     board = tmp_path / "board"
     out = invoke(runner, "leaderboard", str(results), "--output-dir", str(board), "--name", "toy")
     assert out.exit_code == 0, out.output
@@ -222,3 +224,14 @@ def test_bad_shard_is_one_line_exit_2(runner, tmp_path, shard):
     out = invoke(runner, "bench", str(spec), "--results", str(tmp_path / "r.jsonl"), "--shard", shard)
     assert out.exit_code == 2 and "--shard" in out.output
     assert len(out.output.strip().splitlines()) == 1 and not (tmp_path / "r.jsonl").exists()
+
+
+def test_tables_show_bracketed_labels_verbatim():
+    from rich.console import Console
+
+    from advbench.cli.tables import cells_table
+
+    console = Console(width=200, record=True)
+    console.print(cells_table([{"defense": "R[p=0.3]", "attack": "fullft[steps=100]", "seed": 0}], "t"))
+    text = console.export_text()
+    assert "fullft[steps=100]" in text and "R[p=0.3]" in text

@@ -34,6 +34,7 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, **e
     """
     from rich.console import Console
     from rich.live import Live
+    from rich.markup import escape
 
     from advbench.cli.options import run_options
     from advbench.cli.tables import cells_table
@@ -56,7 +57,7 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, **e
     console = Console(stderr=True)
     if dry_run:
         for cell, cid in zip(cells, ids):
-            console.print(f"{'done' if cid in done else 'todo'}  {cid}  {cell.describe()}")
+            console.print(f"{'done' if cid in done else 'todo'}  {cid}  {escape(cell.describe())}")
         return
     current = {"text": ""}
     options = run_options(**execution, quiet=True,

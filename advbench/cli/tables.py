@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+    # Labels such as "fullft[steps=100]" would otherwise be read as rich markup and vanish.
+    return f"{value:.4g}" if isinstance(value, (int, float)) else escape(str(value))
 
 
 def print_record(record: dict[str, Any], console: Console | None = None) -> None:
@@ -18,8 +20,8 @@ def print_record(record: dict[str, Any], console: Console | None = None) -> None
     metrics = record["metrics"]
     names = list(metrics["higher_is_better"])
     cell = record["cell"]
-    table = Table(title=f"{cell['domain']['name']}: {cell['defense']['label']} vs {cell['attack']['label']} "
-                        f"({cell['threat_model']}, seed {cell['seed']})")
+    table = Table(title=escape(f"{cell['domain']['name']}: {cell['defense']['label']} vs {cell['attack']['label']} "
+                               f"({cell['threat_model']}, seed {cell['seed']})"))
     table.add_column("class")
     table.add_column("role")
     for n in names:
@@ -28,7 +30,7 @@ def print_record(record: dict[str, Any], console: Console | None = None) -> None
     for role in ("illegal", "legal"):
         for cls, row in metrics["classes"].items():
             if row["role"] == role:
-                table.add_row(cls, role, *[_fmt(row["values"][n]) for n in names])
+                table.add_row(_fmt(cls), role, *[_fmt(row["values"][n]) for n in names])
     for role in ("illegal", "legal"):
         if metrics[role]:
             table.add_row(f"[bold]mean {role}[/bold]", role, *[f"[bold]{_fmt(metrics[role][n])}[/bold]" for n in names])
