@@ -122,8 +122,9 @@ def score_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _natural_key(label: str) -> tuple:
     """Sort key that compares digit runs as numbers ("steps=800" < "steps=1600")."""
-    return tuple((0, float(part), "") if part.replace(".", "", 1).isdigit() else (1, 0.0, part)
-                 for part in re.split(r"(\d+(?:\.\d+)?)", label) if part)
+    # Splitting on a captured group puts text at even positions and numbers at odd ones, so tuples compare
+    # text with text and numbers with numbers.
+    return tuple(float(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", label)))
 
 
 def build_leaderboard(records: list[dict[str, Any]]) -> pd.DataFrame:

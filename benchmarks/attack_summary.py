@@ -26,10 +26,11 @@ from advbench.leaderboard import build_leaderboard
 from advbench.results import ResultStore
 
 
-def _fmt(mean: float, std: float, digits: int = 3) -> str:
+def _fmt(mean: float, std: float, digits: int = 3, signed: bool = True) -> str:
+    """``mean ± std``; ``signed`` marks positive scores (MP, LI) with "+"."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "—"
-    sign = "+" if digits == 3 and mean > 0 else ""
+    sign = "+" if signed and mean > 0 else ""
     return f"{sign}{mean:.{digits}f} ± {0.0 if math.isnan(std) else std:.{digits}f}".replace("-", "−")
 
 
@@ -56,7 +57,7 @@ def summarize(df: pd.DataFrame, before: str, baseline: str) -> str:
         out.append("|---|---|---|---|---|---|")
         for (attack, threat), row in base.iterrows():
             name = f"{attack} (before)" if attack == before else attack
-            cols = [_fmt(*_get(row, f"{role}_{metric}"), digits=2 if metric == recog else 3).lstrip("+")
+            cols = [_fmt(*_get(row, f"{role}_{metric}"), digits=2 if metric == recog else 3, signed=False)
                     for metric in (recog, primary) for role in ("illegal", "legal")]
             out.append(f"| {name} | {threat} | " + " | ".join(cols) + " |")
         defenses = sorted(d for d in set(part["defense"]) if d != baseline)
@@ -70,7 +71,7 @@ def summarize(df: pd.DataFrame, before: str, baseline: str) -> str:
             cells = [attack]
             for column in ("mitigation_power", "legal_impact"):
                 cells += [_fmt(*_get(sub.loc[d], column)) if d in sub.index else "—" for d in defenses]
-            cells += [_fmt(*_get(sub.loc[d], f"illegal_{recog}"), digits=2) if d in sub.index else "—"
+            cells += [_fmt(*_get(sub.loc[d], f"illegal_{recog}"), digits=2, signed=False) if d in sub.index else "—"
                       for d in [baseline, *defenses]]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")

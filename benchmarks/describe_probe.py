@@ -45,13 +45,14 @@ def main() -> None:
     base = dom.base_model()
     sampling = SamplingConfig(**dom.sampling())
     classes = dom.illegal_classes() + dom.legal_classes()
+    dataset = dom.dataset()
+    splits = [split(dataset, classes, seed=dom.split_seed(seed)) for seed in range(args.seeds)]
     print("| class | prompt | identity-recognition | identity-distance |\n|---|---|---|---|")
     for cls in classes:
         described = gen.pool_caption(gen.specs[cls], _KeepAll())
         for kind, prompt in (("name", dom.prompts(cls)[0]), ("attributes", described)):
             values: dict[str, list[float]] = {n: [] for n in metrics}
-            for seed in range(args.seeds):
-                data = split(dom.dataset(), classes, seed=dom.split_seed(seed))
+            for seed, data in enumerate(splits):
                 refs = np.stack([e.pixels() for e in data.reference[cls]])
                 ctx = Context(seed=seed, progress=False)
                 images = generate(base, [prompt], sampling, ctx)

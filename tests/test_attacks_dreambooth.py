@@ -136,7 +136,6 @@ def test_dreambooth_lora_with_text_encoder_saves_a_plain_model(tmp_path, data):
                                                                               ctx(tmp_path))
     text_before, text_after = base.text_encoder.state_dict(), adapted.text_encoder.state_dict()
     assert set(text_after) == set(text_before)
-    assert any(not torch.equal(text_after[n], text_before[n]) for n in text_before)
     changed = {n for n in text_before if not torch.equal(text_after[n], text_before[n])}
     assert changed and all(any(t in n for t in ("q_proj", "k_proj", "v_proj", "out_proj")) for n in changed)
     from safetensors import safe_open

@@ -64,8 +64,7 @@ def add_lora(module: torch.nn.Module, names: list[str], rank: int, alpha: float,
         if isinstance(module, ModelMixin):
             module.add_adapter(config)
         else:
-            inject_adapter_in_model(config, module, adapter_name="default")
-            module.peft_config = {"default": config}
+            inject_adapter_in_model(config, module, adapter_name="default")  # also sets module.peft_config
     return [p for n, p in module.named_parameters() if "lora_" in n]
 
 
