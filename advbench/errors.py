@@ -23,3 +23,7 @@ class DataError(UserError):
 
 class ConstraintError(UserError):
     """A defense produced a fine-tuning constraint that the chosen attack cannot honour."""
+
+
+class StaleResultError(UserError):
+    """A results file holds a finished cell made with a different base model or metric weights."""

@@ -223,6 +223,15 @@ class Metric(Plugin, abc.ABC):
         the class the images were generated for (recognition metrics compare against the other classes).
         """
 
+    def fingerprint(self) -> str | None:
+        """Identity of the weights this metric scores with (e.g. a sha256 of its judge's files), or None.
+
+        It joins the score stage's cache key and the record's provenance, so retrained weights never reuse
+        old scores and a resumed benchmark notices results scored by other weights. None (the default) means
+        the metric's params identify it completely.
+        """
+        return None
+
 
 class Domain(Plugin, abc.ABC):
     """A benchmark scenario: a dataset, its illegal and legal classes, prompts, metrics and default model."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from advbench.cache import StageCache, stable_hash
 from advbench.cells import Cell, PluginSpec
+from advbench.errors import StaleResultError
 from advbench.interfaces import AttackData, Context, Example, ProtectedModel, PublisherData
 from advbench.profiling import measure
 from advbench.results import ResultStore, cell_id, config_hash, provenance
@@ -99,6 +100,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
     if store is not None:
         existing = next((r for r in store.records() if r["cell_id"] == cid), None)
         if existing is not None:
+            _check_not_stale(existing, cell, store)
             return existing
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -108,7 +110,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
     illegal, legal = list(domain.illegal_classes()), list(domain.legal_classes())
     data = split(domain.dataset(), illegal + legal, seed=domain.split_seed(cell.seed))
     base = Model.load(cell.model) if cell.model else domain.base_model()
-    model_fp = base.fingerprint()
+    model_fp = _model_fingerprint(cell, base)
     sampling_cfg = SamplingConfig(**domain.sampling())
 
     publisher = PublisherData(illegal={c: data.publisher[c] for c in illegal},
@@ -129,6 +131,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
     classes: dict[str, dict[str, Any]] = {}
     metric_names = [domain.primary_metric, *[m for m in domain.extra_metrics if m != domain.primary_metric]]
     metrics = {name: _build_metric(name, domain) for name in metric_names}
+    metric_fps = {name: m.fingerprint() for name, m in metrics.items()}
     for role, group in (("illegal", illegal), ("legal", legal)):
         for cls in group:
             adapt_parts = {"protect": protect_key, "attack": cell_json["attack"]["name"],
@@ -156,6 +159,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
             # references of any size are resized and centre-cropped to the model's resolution
             references = examples_to_array(data.reference[cls], base.resolution)
             score_parts = {"generate": gen_key, "metrics": {n: domain.metric_params(n) for n in metric_names},
+                           "metric_fingerprints": metric_fps,
                            "references": examples_hash(data.reference[cls]), "class": cls}
 
             def build_score(folder: Path, gen_dir=gen_dir, cls=cls, references=references) -> None:
@@ -177,7 +181,8 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
         "defense_info": protected.info,
         "stages": run.stages,
         "total_seconds": round(time.perf_counter() - t0, 3),
-        "provenance": provenance(options.device, extra=_provenance_extra(cell)),
+        "provenance": provenance(options.device, extra={**_provenance_extra(cell), "model_fingerprint": model_fp,
+                                                          "metric_fingerprints": metric_fps}),
         "started_at": started.isoformat(),
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }
@@ -198,6 +203,46 @@ def _summarize(classes: dict[str, dict[str, Any]], metrics: dict[str, Any], prim
         rows = [c["values"] for c in classes.values() if c["role"] == role]
         summary[role] = {n: float(np.mean([r[n] for r in rows])) for n in metrics} if rows else {}
     return summary
+
+
+_FINGERPRINTS: dict[tuple[str | None, str], str] = {}
+
+
+def _model_fingerprint(cell: Cell, base: Any | None = None) -> str:
+    """The cell's base-model fingerprint, computed once per process per (model path, domain)."""
+    key = (cell.model, json.dumps([cell.domain.name, cell.domain.resolved_params()], sort_keys=True, default=str))
+    if key not in _FINGERPRINTS:
+        if base is None:
+            from advbench.model import Model
+
+            base = Model.load(cell.model) if cell.model else cell.domain.build().base_model()
+        _FINGERPRINTS[key] = base.fingerprint()
+    return _FINGERPRINTS[key]
+
+
+def _check_not_stale(record: dict[str, Any], cell: Cell, store: ResultStore) -> None:
+    """Refuse to resume over a finished cell whose base model or metric weights differ from today's.
+
+    Records written before fingerprints were recorded carry none and are trusted as they are.
+    """
+    prov = record.get("provenance", {})
+    if "model_fingerprint" not in prov:
+        return
+    now_model = _model_fingerprint(cell)
+    what = None
+    if prov["model_fingerprint"] != now_model:
+        what = f"base model (fingerprint {prov['model_fingerprint'][:12]}, now {now_model[:12]})"
+    else:
+        domain = cell.domain.build()
+        for name, old in (prov.get("metric_fingerprints") or {}).items():
+            now = _build_metric(name, domain).fingerprint()
+            if old != now:
+                what = f"metric {name!r} (weights {str(old)[:12]}, now {str(now)[:12]})"
+                break
+    if what is not None:
+        raise StaleResultError(f"{store.path} already holds cell {record['cell_id']} ({cell.describe()}), made with "
+                               f"another {what}: the model or the shipped tiny world changed since; write to a "
+                               f"new --results file, or delete that file's stale records to recompute them")
 
 
 def _provenance_extra(cell: Cell) -> dict[str, Any]:

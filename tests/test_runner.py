@@ -6,7 +6,7 @@ import pytest
 
 from advbench import plugins
 from advbench.cells import Cell, PluginSpec
-from advbench.errors import ConstraintError
+from advbench.errors import ConstraintError, StaleResultError
 from advbench.hookspecs import hookimpl
 from advbench.interfaces import Attack
 from advbench.results import ResultStore
@@ -122,3 +122,39 @@ def test_same_seed_same_results_other_seed_differs(toy, tmp_path):
     assert all(not s["cached"] for s in b["stages"])
     c = run_cell(cell("random", {"p": "0.5"}, seed=4), None, RunOptions(cache_dir=tmp_path / "a", progress=False))
     assert c["metrics"]["classes"] != a["metrics"]["classes"]
+
+
+def _rewrite(store, **provenance):
+    lines = [json.loads(line) for line in store.path.read_text().splitlines()]
+    for record in lines:
+        record["provenance"].update(provenance)
+        for key in [k for k, v in provenance.items() if v is None]:
+            del record["provenance"][key]
+    store.path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_resume_refuses_results_of_another_base_model(toy, tmp_path):
+    store = ResultStore(tmp_path / "r.jsonl")
+    record = run_cell(cell(), store, opts(tmp_path))
+    prov = record["provenance"]
+    assert len(prov["model_fingerprint"]) == 64
+    assert prov["metric_fingerprints"] == {"toy-brightness": None, "toy-spread": None}
+    _rewrite(store, model_fingerprint="0" * 64)  # as if the shipped world had been rebuilt since
+    with pytest.raises(StaleResultError, match=r"r\.jsonl already holds cell .*another base model"):
+        run_cell(cell(), store, opts(tmp_path))
+    _rewrite(store, model_fingerprint=None, metric_fingerprints=None)  # a record from before fingerprints
+    assert run_cell(cell(), store, opts(tmp_path))["cell_id"] == record["cell_id"]
+
+
+def test_retrained_metric_weights_are_rescored_and_refuse_stale_resume(toy, tmp_path, monkeypatch):
+    weights = {"version": "a"}
+    monkeypatch.setattr(Brightness, "fingerprint", lambda self: weights["version"])
+    store = ResultStore(tmp_path / "r.jsonl")
+    first = run_cell(cell(), store, opts(tmp_path))
+    assert first["provenance"]["metric_fingerprints"]["toy-brightness"] == "a"
+    weights["version"] = "b"
+    with pytest.raises(StaleResultError, match="another metric 'toy-brightness'"):
+        run_cell(cell(), store, opts(tmp_path))
+    second = run_cell(cell(), None, opts(tmp_path))  # same cache: every stage but scoring is reused
+    assert {s["stage"] for s in second["stages"] if not s["cached"]} == {"score"}
+    assert second["provenance"]["metric_fingerprints"]["toy-brightness"] == "b"

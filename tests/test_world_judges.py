@@ -72,3 +72,20 @@ def test_fid_and_kid_are_small_for_the_same_class():
         same = m.score(gen.images(a, 16, 500100), refs, None, CTX, cls=a)
         other = m.score(gen.images(b, 16, 500000), refs, None, CTX, cls=a)
         assert np.isfinite(same) and same < other
+
+
+def test_judge_fingerprint_follows_the_files(tmp_path):
+    import shutil
+
+    from advbench_plugins.world.build import judges_dir
+    from advbench_plugins.world.metrics import JudgeParams, MotifScore, StyleDistance, judge_fingerprint
+
+    for name in ("style.safetensors", "style.json"):
+        shutil.copy(judges_dir() / name, tmp_path / name)
+    shipped = judge_fingerprint("style")
+    assert judge_fingerprint("style", str(tmp_path)) == shipped
+    assert StyleDistance(JudgeParams()).fingerprint() == shipped
+    assert MotifScore(JudgeParams()).fingerprint() != shipped  # another judge
+    meta = tmp_path / "style.json"
+    meta.write_text(meta.read_text() + " ")
+    assert StyleDistance(JudgeParams(str(tmp_path))).fingerprint() != shipped
