@@ -64,6 +64,15 @@ def test_small_world_builds_end_to_end_and_runs_a_cell(tmp_path):
     assert result.exit_code == 0, result.output
     facts = json.loads((out / "build.json").read_text())
     assert facts["pretrain"]["steps"] == 20 and set(facts["judges"]) == {"identity", "style", "motif", "align"}
+    # one judge alone: only its files are rewritten, the build facts keep the others
+    before = {p.name: p.read_bytes() for p in (out / "judges").iterdir()}
+    result = CliRunner().invoke(cli, ["world", "build", "--small", "--out", str(out), "--threads", "1",
+                                      "--only", "style", "--judge-steps", "5"])
+    assert result.exit_code == 0, result.output
+    after = {p.name: p.read_bytes() for p in (out / "judges").iterdir()}
+    assert {n for n in after if after[n] != before[n]} == {"style.safetensors", "style.json"}
+    facts = json.loads((out / "build.json").read_text())
+    assert set(facts["judges"]) == {"identity", "style", "motif", "align"} and facts["judges"]["style"]["steps"] == 5
     domain = PluginSpec("domain", "portraits", {"model": str(out / "model"), "judges": str(out / "judges"),
                                                  "n_illegal": 1, "n_legal": 1, "steps": 2, "images_per_prompt": 2})
     cell = Cell(defense=PluginSpec("defense", "none"), attack=PluginSpec("attack", "fullft", {"steps": 2}),

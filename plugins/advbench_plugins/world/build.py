@@ -68,7 +68,8 @@ def build(out: Path | None = None, model_cfg=None, pretrain_cfg=None, judge_cfg=
         from advbench_plugins.world.judges import JudgeTrainConfig, train_judges
 
         has_model = (model_dir(out) / "unet").is_dir()
-        facts["judges"] = train_judges(judges_dir(out), judge_cfg or JudgeTrainConfig(), threads=threads, log=log,
+        facts["judges"] = facts.get("judges", {}) if (judge_cfg and judge_cfg.only) else {}
+        facts["judges"] |= train_judges(judges_dir(out), judge_cfg or JudgeTrainConfig(), threads=threads, log=log,
                                        model_folder=model_dir(out) if has_model else None)
     facts["build_seconds"] = round(time.perf_counter() - start, 1)
     facts_file.write_text(json.dumps(facts, indent=2, sort_keys=True))

@@ -15,7 +15,8 @@ def world():
 @world.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Asset folder to write (default: the package's world/assets, i.e. the shipped world).")
-@click.option("--only", type=click.Choice(["model", "judges"]), default=None, help="Build one part only.")
+@click.option("--only", type=click.Choice(["model", "judges", "identity", "style", "motif", "align"]), default=None,
+              help="Build one part only: the model, all judges, or one judge (the motif detector depends on the model).")
 @click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads.")
 @click.option("--steps", type=int, default=None, help="Pretraining steps (default: the shipped world's).")
 @click.option("--judge-steps", type=int, default=None, help="Training steps per judge (default: the shipped ones').")
@@ -39,6 +40,9 @@ def build(out, only, threads, steps, judge_steps, small):
     if judge_steps is not None:
         judge_cfg = replace(judge_cfg, steps=judge_steps)
     parts = (only,) if only else ("model", "judges")
+    if only in ("identity", "style", "motif", "align"):
+        parts = ("judges",)
+        judge_cfg = replace(judge_cfg, only=only)
     facts = run_build(out, model_cfg, pretrain_cfg, judge_cfg, threads=threads, parts=parts,
                       log=lambda m: click.echo(m, err=True))
     click.echo(f"built {', '.join(parts)} in {facts['build_seconds']} s")
