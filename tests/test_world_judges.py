@@ -89,3 +89,10 @@ def test_judge_fingerprint_follows_the_files(tmp_path):
     meta = tmp_path / "style.json"
     meta.write_text(meta.read_text() + " ")
     assert StyleDistance(JudgeParams(str(tmp_path))).fingerprint() != shipped
+
+
+def test_world_check_effect_size_uses_the_sample_std():
+    from advbench_plugins.world.check import effect_size
+
+    row = {"before": {"m": [1.0, 1.0, 1.0]}, "after": {"m": [0.0, 0.2, 0.4]}}  # change -1.0, -0.8, -0.6
+    assert effect_size(row, "m") == pytest.approx(0.8 / 0.2)  # sample std of the change is 0.2

@@ -50,7 +50,7 @@ def judge_accuracy(domain: str, per_class: int = 10) -> dict[str, float]:
 
 
 def _fmt(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
 def domain_check(domain: str, seeds: int, n_classes: int, steps: int | None, log: Callable[[str], None]) -> dict:
@@ -96,9 +96,9 @@ def domain_check(domain: str, seeds: int, n_classes: int, steps: int | None, log
 
 
 def effect_size(row: dict, primary: str) -> float:
-    """|mean over seeds of (after − before)| / std over seeds of that change."""
+    """|mean over seeds of (after − before)| / sample std (ddof 1) over seeds of that change."""
     change = np.asarray(row["after"][primary]) - np.asarray(row["before"][primary])
-    return float(abs(change.mean()) / max(change.std(), 1e-6))
+    return float(abs(change.mean()) / max(change.std(ddof=1), 1e-6)) if len(change) > 1 else float("nan")
 
 
 def render_markdown(results: dict[str, dict]) -> str:
@@ -112,8 +112,8 @@ def render_markdown(results: dict[str, dict]) -> str:
     for d in order:
         lines += [f"| {d} | {k} | {v:.3f} |" for k, v in results[d]["judges"].items()]
     lines += ["", "## 2–4. Recognition and primary metric before/after the default `fullft` attack", "",
-              "Values are mean ± std over seeds (each seed: its own data split, fine-tune and sampling). Effect size: "
-              "|mean over seeds of (after − before)| / std over seeds of that change.", "",
+              "Values are mean ± sample std (ddof 1) over seeds (each seed: its own data split, fine-tune and "
+              "sampling). Effect size: |mean over seeds of (after − before)| / sample std over seeds of that change.", "",
               "| domain | class | role | recognition before | recognition after | chance | primary metric | "
               "before | after | effect size |", "|---|---|---|---|---|---|---|---|---|---|"]
     for d in order:
