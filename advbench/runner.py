@@ -209,9 +209,9 @@ _FINGERPRINTS: dict[tuple[str | None, str], str] = {}
 
 
 def _model_fingerprint(cell: Cell, base: Any | None = None) -> str:
-    """The cell's base-model fingerprint, computed once per process per (model path, domain)."""
-    key = (cell.model, json.dumps([cell.domain.name, cell.domain.resolved_params()], sort_keys=True, default=str))
-    if key not in _FINGERPRINTS:
+    """The cell's base-model fingerprint: of ``base`` when given (and remembered), else loaded once per process."""
+    key = (cell.model, stable_hash([cell.domain.name, cell.domain.resolved_params()]))
+    if base is not None or key not in _FINGERPRINTS:
         if base is None:
             from advbench.model import Model
 

@@ -79,3 +79,10 @@ def test_small_world_builds_end_to_end_and_runs_a_cell(tmp_path):
                 domain=domain, seed=0)
     record = run_cell(cell, options=RunOptions(cache_dir=tmp_path / "cache", progress=False))
     assert np.isfinite(record["metrics"]["illegal"]["identity-distance"])
+
+
+def test_cli_judge_names_match_the_judges():
+    from advbench_plugins.world.cli import JUDGE_NAMES
+    from advbench_plugins.world.judges import JUDGES
+
+    assert JUDGE_NAMES == JUDGES

@@ -52,8 +52,12 @@ def build_model(out: Path, model_cfg, pretrain_cfg, threads: int = 1, log: Calla
 
 
 def build(out: Path | None = None, model_cfg=None, pretrain_cfg=None, judge_cfg=None, threads: int = 1,
-          log: Callable[[str], None] = print, parts: tuple[str, ...] = ("model", "judges")) -> dict:
-    """Build the whole world (model and/or judges) into ``out`` (default: the package assets)."""
+          log: Callable[[str], None] = print, parts: tuple[str, ...] = ("model", "judges"),
+          judges: tuple[str, ...] | None = None) -> dict:
+    """Build the whole world (model and/or judges) into ``out`` (default: the package assets).
+
+    ``judges`` restricts the judges trained (default: all); the others' files and facts stay as they are.
+    """
     from advbench_plugins.world.worldmodel import PretrainConfig, WorldModelConfig
 
     out = Path(out or ASSETS)
@@ -65,12 +69,12 @@ def build(out: Path | None = None, model_cfg=None, pretrain_cfg=None, judge_cfg=
         facts["pretrain"] = build_model(out, model_cfg or WorldModelConfig(), pretrain_cfg or PretrainConfig(),
                                         threads, log)
     if "judges" in parts:
-        from advbench_plugins.world.judges import JudgeTrainConfig, train_judges
+        from advbench_plugins.world.judges import JUDGES, JudgeTrainConfig, train_judges
 
         has_model = (model_dir(out) / "unet").is_dir()
-        facts["judges"] = facts.get("judges", {}) if (judge_cfg and judge_cfg.only) else {}
-        facts["judges"] |= train_judges(judges_dir(out), judge_cfg or JudgeTrainConfig(), threads=threads, log=log,
-                                       model_folder=model_dir(out) if has_model else None)
+        trained = train_judges(judges_dir(out), judge_cfg or JudgeTrainConfig(), threads=threads, log=log,
+                               kinds=judges or JUDGES, model_folder=model_dir(out) if has_model else None)
+        facts["judges"] = {**facts.get("judges", {}), **trained}
     facts["build_seconds"] = round(time.perf_counter() - start, 1)
     facts_file.write_text(json.dumps(facts, indent=2, sort_keys=True))
     return facts

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+JUDGE_NAMES = ("identity", "style", "motif", "align")  # judges.JUDGES, named here so the CLI never imports torch
+
 
 @click.group()
 def world():
@@ -15,7 +17,7 @@ def world():
 @world.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Asset folder to write (default: the package's world/assets, i.e. the shipped world).")
-@click.option("--only", type=click.Choice(["model", "judges", "identity", "style", "motif", "align"]), default=None,
+@click.option("--only", type=click.Choice(["model", "judges", *JUDGE_NAMES]), default=None,
               help="Build one part only: the model, all judges, or one judge (the motif detector depends on the model).")
 @click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads.")
 @click.option("--steps", type=int, default=None, help="Pretraining steps (default: the shipped world's).")
@@ -39,12 +41,10 @@ def build(out, only, threads, steps, judge_steps, small):
         pretrain_cfg = replace(pretrain_cfg, steps=steps)
     if judge_steps is not None:
         judge_cfg = replace(judge_cfg, steps=judge_steps)
-    parts = (only,) if only else ("model", "judges")
-    if only in ("identity", "style", "motif", "align"):
-        parts = ("judges",)
-        judge_cfg = replace(judge_cfg, only=only)
+    one_judge = only in JUDGE_NAMES
+    parts = ("judges",) if one_judge else (only,) if only else ("model", "judges")
     facts = run_build(out, model_cfg, pretrain_cfg, judge_cfg, threads=threads, parts=parts,
-                      log=lambda m: click.echo(m, err=True))
+                      judges=(only,) if one_judge else None, log=lambda m: click.echo(m, err=True))
     click.echo(f"built {', '.join(parts)} in {facts['build_seconds']} s")
 
 

@@ -148,7 +148,6 @@ class JudgeTrainConfig:
     motif_steps: int = 2000  # the part detector needs longer than the classifiers
     part_weight: float = 3.0
     seed: int = 0
-    only: str | None = None  # train just this judge (the others' files are left as they are)
 
 
 def _class_data(gen, cfg: JudgeTrainConfig, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -286,8 +285,7 @@ def train_one(kind: str, cfg: JudgeTrainConfig, log: Callable[[str], None] = pri
     model.eval()
     meta.update({"steps": steps, "loss_first": float(np.mean(losses[:20])),
                  "loss_last": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - start, 1),
-                 "train_images": int(len(x_np)),
-                 "config": {k: v for k, v in asdict(cfg).items() if k != "only"}})
+                 "train_images": int(len(x_np)), "config": asdict(cfg)})
     return model, meta
 
 
@@ -326,7 +324,7 @@ def train_judges(folder: Path, cfg: JudgeTrainConfig, threads: int = 2, kinds=JU
     """Train and save every judge; returns {kind: facts}."""
     torch.set_num_threads(threads)
     facts = {}
-    for kind in ((cfg.only,) if cfg.only else kinds):
+    for kind in kinds:
         model, meta = train_one(kind, cfg, log, model_folder if kind == "motif" else None)
         save_judge(model, meta, Path(folder))
         facts[kind] = {k: v for k, v in meta.items() if k not in ("labels", "parts")}
