@@ -1,9 +1,11 @@
-"""Leaderboards built only from result records: tables, mitigation power, legal impact, regression check, plots.
+"""Leaderboards built only from result records: tables, mitigation power, legal impact, regression check.
 
 One row per (domain, defense, attack, threat model), aggregated over seeds. Mitigation power and legal impact
 are relative degradations of the primary metric against the undefended baseline (defense ``none``) under the
 same attack, threat model and seed; see ``docs/definitions.md`` for the formulas and their directions.
-This module never imports torch.
+Records with an anytime curve (schema 2) are also scored at every budget against the baseline at the same budget;
+the curve maths (MP-AUC, delay factors, selectivity) lives in :mod:`advbench.curves`, the plots in
+:mod:`advbench.plots`. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -20,20 +22,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from advbench.curves import Bounded, curve_summary, format_delay, mp_auc, record_curve, relative_degradation
 from advbench.errors import DataError, UserError
 
 KEYS = ["domain", "defense", "attack", "threat_model"]
 BASELINE = "none"
 ROLES = ("illegal", "legal")
 SUMMARY = ["mitigation_power_mean", "mitigation_power_std", "legal_impact_mean", "legal_impact_std"]
-
-
-def relative_degradation(baseline: float, value: float, higher_is_better: bool) -> float:
-    """``s·(M_B − M_D)/|M_B|`` with ``s = +1`` if higher is better, else −1; NaN when ``M_B`` is 0 or not finite."""
-    if not (math.isfinite(baseline) and math.isfinite(value)) or baseline == 0:
-        return float("nan")
-    sign = 1.0 if higher_is_better else -1.0
-    return sign * (baseline - value) / abs(baseline) + 0.0  # + 0.0 turns -0.0 into 0.0
+CURVE = ["budgets", "mp_auc_mean", "mp_auc_std", "ref_budget", "legal_ref_budget", "illegal_delay",
+         "illegal_delay_bound", "legal_delay", "legal_delay_bound", "selectivity", "selectivity_bound"]
+SCORES = (("illegal", "mitigation_power"), ("legal", "legal_impact"))
 
 
 def _key(rec: dict[str, Any]) -> tuple[str, str, str, str]:
@@ -80,11 +78,23 @@ def _unique(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+def _reference(same: dict[str, Any] | None, others: list[dict[str, Any]], role: str, primary: str) -> float:
+    """The baseline's mean of ``primary`` over ``role``: the same seed's when present, else the mean over the
+    baseline's seeds (``others``); NaN without any."""
+    if same is not None:
+        return same[role].get(primary, float("nan"))
+    refs = [o[role].get(primary, float("nan")) for o in others]
+    return float(np.mean(refs)) if refs else float("nan")
+
+
 def score_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per record: its row key, seed, primary metric, mitigation power, legal impact and baseline matching.
 
     ``matched`` is True when the baseline cell with the same seed exists, False when the mean over the baseline's
-    seeds was used instead, None when there is no baseline at all (then both values are NaN).
+    seeds was used instead, None when there is no baseline at all (then both values are NaN). ``curve`` repeats
+    the scores at every budget of the record's anytime curve (:func:`advbench.curves.record_curve`), each against
+    the baseline at the same budget (same seed, else the seed mean of the baseline cells that have that budget),
+    with the primary metric's ``illegal``/``legal`` means; ``mp_auc`` is the mean of that MP over log-budget.
     """
     records = _unique(records)
     directions = _directions(records)
@@ -98,25 +108,33 @@ def score_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                 f"(cells {baselines[group][seed]['cell_id']} and {rec['cell_id']}); "
                                 "keep one of them in the results file")
             baselines[group][seed] = rec
+    base_curves = {group: {seed: {e["budget"]: e for e in record_curve(b)} for seed, b in seeds.items()}
+                   for group, seeds in baselines.items()}
     out = []
     for rec in records:
         cell, metrics = rec["cell"], rec["metrics"]
-        primary = metrics["primary"]
+        primary, hib, seed = metrics["primary"], directions[metrics["primary"]], cell["seed"]
         group = (cell["domain"]["name"], cell["attack"]["label"], cell["threat_model"])
-        base_seeds = baselines.get(group, {})
-        base = base_seeds.get(cell["seed"])
-        scores = {}
-        for role, column in (("illegal", "mitigation_power"), ("legal", "legal_impact")):
-            value = metrics[role].get(primary, float("nan"))
-            if base is not None:
-                ref = base["metrics"][role].get(primary, float("nan"))
-            else:
-                refs = [b["metrics"][role].get(primary, float("nan")) for b in base_seeds.values()]
-                ref = float(np.mean(refs)) if refs else float("nan")
-            scores[column] = relative_degradation(ref, value, directions[primary])
+        base_seeds, seed_curves = baselines.get(group, {}), base_curves.get(group, {})
+        base = base_seeds.get(seed)
+        others = [b["metrics"] for b in base_seeds.values()]
+        scores = {column: relative_degradation(_reference(base and base["metrics"], others, role, primary),
+                                               metrics[role].get(primary, float("nan")), hib)
+                  for role, column in SCORES}
+        curve = []
+        for entry in record_curve(rec):
+            budget = entry["budget"]
+            same = seed_curves.get(seed, {}).get(budget)
+            at_budget = [c[budget] for c in seed_curves.values() if budget in c]
+            point: dict[str, Any] = {"budget": budget}
+            for role, column in SCORES:
+                point[role] = entry[role].get(primary, float("nan"))
+                point[column] = relative_degradation(_reference(same, at_budget, role, primary), point[role], hib)
+            curve.append(point)
         matched = None if not base_seeds else base is not None
-        out.append({"key": _key(rec), "seed": cell["seed"], "primary": primary, "matched": matched,
-                    "record": rec, **scores})
+        out.append({"key": _key(rec), "group": group, "seed": seed, "primary": primary, "matched": matched,
+                    "record": rec, **scores, "curve": curve,
+                    "mp_auc": mp_auc([p["budget"] for p in curve], [p["mitigation_power"] for p in curve])})
     return out
 
 
@@ -127,10 +145,53 @@ def _natural_key(label: str) -> tuple:
     return tuple(float(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", label)))
 
 
+def _budget_text(budget: float) -> str:
+    return str(int(budget)) if float(budget).is_integer() else f"{budget:g}"
+
+
+def _seed_mean(items: list[dict[str, Any]], role: str) -> dict[float, float]:
+    """{budget: mean over the items that have that budget of the primary metric's ``role`` mean}."""
+    values: dict[float, list[float]] = defaultdict(list)
+    for item in items:
+        for point in item["curve"]:
+            values[point["budget"]].append(point[role])
+    return {budget: float(np.mean(v)) for budget, v in values.items()}
+
+
+def _curve_columns(key: tuple, items: list[dict[str, Any]], base_items: list[dict[str, Any]],
+                   higher_is_better: bool) -> dict[str, Any]:
+    """A row's anytime-curve columns: budgets, MP/LI per budget, MP-AUC, delays and selectivity (see CURVE)."""
+    budgets = [p["budget"] for p in items[0]["curve"]]
+    for item in items[1:]:
+        other = [p["budget"] for p in item["curve"]]
+        if other != budgets:
+            raise DataError(f"'{_label(key)}' has records with different budgets ({budgets} and {other}); "
+                            "run every seed of a row with the same budgets or keep them in separate results files")
+    row: dict[str, Any] = {"budgets": ",".join(_budget_text(b) for b in budgets if b is not None)}
+    row["mp_auc_mean"], row["mp_auc_std"] = _mean_std([i["mp_auc"] for i in items])
+    for i, budget in enumerate(budgets):
+        for column in ("mitigation_power", "legal_impact") if budget is not None else ():
+            name = f"{column}_b{_budget_text(budget)}"
+            row[f"{name}_mean"], row[f"{name}_std"] = _mean_std([item["curve"][i][column] for item in items])
+    defended = items[0]["record"]["cell"]["defense"]["name"] != BASELINE
+    if defended and base_items and len(budgets) > 1:
+        summary = curve_summary(None, _seed_mean(base_items, "illegal"), _seed_mean(items, "illegal"),
+                                _seed_mean(base_items, "legal"), _seed_mean(items, "legal"), higher_is_better)
+    else:
+        summary = curve_summary(None, {}, {}, {}, {}, higher_is_better)  # everything undefined
+    row["ref_budget"], row["legal_ref_budget"] = summary["ref_budget"], summary["legal_ref_budget"]
+    for column in ("illegal_delay", "legal_delay", "selectivity"):
+        row[column], row[f"{column}_bound"] = summary[column].value, summary[column].bound
+    return row
+
+
 def build_leaderboard(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (domain, defense, attack, threat model): illegal/legal metric values and the two scores.
 
     Values are mean and std (ddof=1) over seeds. ``df.attrs["higher_is_better"]`` keeps each metric's direction.
+    The scores are those of the final budget; the ``CURVE`` columns and ``mitigation_power_b{B}_mean``/``_std``,
+    ``legal_impact_b{B}_mean``/``_std`` for every budget B in the file describe the anytime curves (definitions
+    in ``docs/definitions.md``). Rows whose seeds were run at different budgets are a :class:`DataError`.
     """
     scored = score_records(records)
     directions = _directions(records)
@@ -141,8 +202,11 @@ def build_leaderboard(records: list[dict[str, Any]]) -> pd.DataFrame:
                 names.append(name)
     names.sort(key=lambda n: n not in {i["primary"] for i in scored})
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    base_groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for item in scored:
         groups[item["key"]].append(item)
+        if item["record"]["cell"]["defense"]["name"] == BASELINE:
+            base_groups[item["group"]].append(item)
     rows = []
     for key, items in groups.items():
         primaries = {i["primary"] for i in items}
@@ -162,9 +226,14 @@ def build_leaderboard(records: list[dict[str, Any]]) -> pd.DataFrame:
         matched = [i["matched"] for i in items]
         row["baseline_matched"] = ("missing" if None in matched else "per-seed" if all(matched)
                                    else "seed-mean" if not any(matched) else "partial")
+        base_items = base_groups.get(items[0]["group"], [])
+        row.update(_curve_columns(key, items, base_items, directions[row["primary_metric"]]))
         rows.append(row)
     metric_cols = [f"{role}_{n}_{stat}" for n in names for role in ROLES for stat in ("mean", "std")]
-    columns = [*KEYS, "n_seeds", "primary_metric", *metric_cols, *SUMMARY, "baseline_matched"]
+    budgets = sorted({p["budget"] for i in scored for p in i["curve"] if p["budget"] is not None})
+    budget_cols = [f"{column}_b{_budget_text(b)}_{stat}" for b in budgets
+                   for column in ("mitigation_power", "legal_impact") for stat in ("mean", "std")]
+    columns = [*KEYS, "n_seeds", "primary_metric", *metric_cols, *SUMMARY, "baseline_matched", *CURVE, *budget_cols]
     df = pd.DataFrame(rows, columns=columns)
     if len(df):
         # Numbers inside labels sort as numbers: fullft[steps=800] before fullft[steps=1600].
@@ -216,8 +285,54 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|")
 
 
+DEFINITIONS = "../docs/definitions.md"  # relative to leaderboards/, where the Markdown is kept
+CURVE_LEGEND = (
+    ("MP @B", "mitigation-power-per-budget", "mitigation power when the attack stopped after B optimizer steps, each "
+     "seed against the undefended cell of the same seed at the same budget; mean over seeds (std in the CSV)."),
+    ("MP-AUC", "mp-auc", "the mean of mitigation power over log-budget (trapezoid rule), mean ± std over seeds; "
+     "higher is better for the defense."),
+    ("illegal delay", "delay-factor", "how many times the undefended reference budget the attacker needs to reach "
+     "the undefended forgery quality (seed-mean curves); `> x`: not reached within the budgets run, `≤ x`: "
+     "reached at the first budget; higher is better."),
+    ("legal delay", "delay-factor", "the same for honest fine-tuning on the legal classes; near 1 is best."),
+    ("selectivity", "selectivity", "illegal delay ÷ legal delay; above 1 means the defense slows forgery more than "
+     "honest fine-tuning."),
+    ("legal impact", "relative-degradation", "legal impact at the final budget, mean ± std over seeds."),
+)
+
+
+def _has_curves(part: pd.DataFrame) -> bool:
+    return "budgets" in part.columns and part["budgets"].fillna("").astype(str).str.contains(",").any()
+
+
+def _curve_table(part: pd.DataFrame) -> list[str]:
+    """Markdown lines of a domain's anytime-curve table (MP per budget, MP-AUC, delays, selectivity, LI)."""
+    budgets = sorted({float(b) for text in part["budgets"].fillna("").astype(str) for b in text.split(",") if b})
+    budget_names = [_budget_text(b) for b in budgets]
+    header = ["defense", "attack", "threat model", "seeds", *(f"MP @{b}" for b in budget_names), "MP-AUC",
+              "illegal delay", "legal delay", "selectivity", "legal impact"]
+    lines = ["Anytime attack curves (budget = optimizer steps; columns explained in the legend above):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in part.iterrows():
+        cells = [row["defense"], row["attack"], row["threat_model"], row["n_seeds"]]
+        for b in budget_names:
+            value = row.get(f"mitigation_power_b{b}_mean", float("nan"))
+            cells.append("n/a" if pd.isna(value) else f"{value:.3g}")
+        cells.append(_fmt(row["mp_auc_mean"], row["mp_auc_std"]))
+        for column in ("illegal_delay", "legal_delay", "selectivity"):
+            bound = row[f"{column}_bound"]
+            cells.append(format_delay(Bounded(float(row[column]), "" if pd.isna(bound) else str(bound))))
+        cells.append(_fmt(row["legal_impact_mean"], row["legal_impact_std"]))
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines + [""]
+
+
 def to_markdown(df: pd.DataFrame) -> str:
-    """The leaderboard as Markdown: one section per domain, "mean ± std" cells (3 significant digits)."""
+    """The leaderboard as Markdown: one section per domain, "mean ± std" cells (3 significant digits).
+
+    A domain with anytime curves (more than one budget) gets a curve table first, explained by a legend below the
+    title (one sentence per column, linking ``docs/definitions.md``).
+    """
     directions = df.attrs.get("higher_is_better", {})
 
     def arrow(name: str) -> str:
@@ -228,12 +343,18 @@ def to_markdown(df: pd.DataFrame) -> str:
              "Cells are mean ± std over seeds. **Mitigation power**: higher is better for the defense; "
              "**legal impact**: closer to 0 is better (see docs/definitions.md). Metric arrows: ↑ = higher "
              "values mean a better forgery/adaptation, ↓ = lower values do."]
+    if _has_curves(df):
+        lines += ["", "Anytime curve columns:", ""]
+        lines += [f"- **{name}**: {text} ([definition]({DEFINITIONS}#{anchor}))" for name, anchor, text in CURVE_LEGEND]
     for domain, part in df.groupby("domain", sort=False):
         names = [n for n in _metric_names(part)
                  if part[[f"illegal_{n}_mean", f"legal_{n}_mean"]].notna().any().any()]
         primaries = ", ".join(f"`{p}`{arrow(p)}" for p in part["primary_metric"].unique())
         lines += ["", f"## {domain}", "",
                   f"Primary metric: {primaries}. Metrics: " + ", ".join(f"`{n}`{arrow(n)}" for n in names) + ".", ""]
+        if _has_curves(part):
+            lines += _curve_table(part)
+            lines += ["Final budget:", ""]
         header = ["defense", "attack", "threat model", "seeds", "mitigation power ↑", "legal impact (→ 0)"]
         for n in names:
             header += [f"illegal {n}{arrow(n)}", f"legal {n}{arrow(n)}"]
@@ -272,7 +393,9 @@ def _read_baseline(path: Path) -> pd.DataFrame:
     missing = [c for c in [*KEYS, "mitigation_power_mean", "legal_impact_mean"] if c not in base.columns]
     if missing:
         raise DataError(f"baseline leaderboard {path} lacks columns {', '.join(missing)}; {fix}")
-    for column in ("mitigation_power_mean", "legal_impact_mean"):
+    for column in ("mitigation_power_mean", "legal_impact_mean", "mp_auc_mean"):
+        if column not in base.columns:  # mp_auc_mean is optional: CSVs written before anytime curves lack it
+            continue
         numbers = pd.to_numeric(base[column], errors="coerce")
         if (numbers.isna() & base[column].notna()).any():
             raise DataError(f"baseline leaderboard {path}: column {column} holds non-numbers; {fix}")
@@ -290,7 +413,8 @@ def check_regressions(current_df: pd.DataFrame, baseline_csv_path: str | Path, t
     """Compare with a saved leaderboard CSV; one message per regression (an empty list means none).
 
     Every baseline row must be present; its mitigation power may not drop, nor its legal impact rise, by more
-    than ``tolerance`` (absolute). A NaN score in the baseline is not checked.
+    than ``tolerance`` (absolute); when both leaderboards have ``mp_auc_mean``, it may not drop by more than
+    ``tolerance`` either. A NaN score in the baseline is not checked.
     """
     if not (tolerance >= 0):
         raise UserError(f"tolerance must be a non-negative number, got {tolerance}")
@@ -306,7 +430,10 @@ def check_regressions(current_df: pd.DataFrame, baseline_csv_path: str | Path, t
             continue
         crow = current[key]
         for column, word, worse in (("mitigation_power_mean", "mitigation power", "dropped"),
-                                    ("legal_impact_mean", "legal impact", "rose")):
+                                    ("legal_impact_mean", "legal impact", "rose"),
+                                    ("mp_auc_mean", "MP-AUC", "dropped")):
+            if column not in brow.index or column not in crow.index:
+                continue
             old, new = float(brow[column]), float(crow[column])
             if math.isnan(old):
                 continue
@@ -319,13 +446,14 @@ def check_regressions(current_df: pd.DataFrame, baseline_csv_path: str | Path, t
     return problems
 
 
-def _figure(n_panels: int, width: float, height: float = 3.6):
+def _figure(n_panels: int, width: float, height: float = 3.6, ncols: int = 1):
+    """A figure of ``n_panels`` rows × ``ncols`` columns of axes (flat list, row by row); plots: advbench.plots."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height * n_panels), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(n_panels, 1, i + 1) for i in range(n_panels)]
+    axes = [fig.add_subplot(n_panels, ncols, i + 1) for i in range(n_panels * ncols)]
     return fig, axes
 
 
@@ -335,50 +463,3 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(buffer, format="png", dpi=120)
     _atomic_write(path, buffer.getvalue())
     return path
-
-
-def plot_budget_curves(records: list[dict[str, Any]], path: str | Path, budget_param: str = "steps") -> Path:
-    """Mitigation power vs the attacker's budget (attack parameter ``budget_param``): one line per defense,
-    one panel per domain, mean ± std over seeds as error bars. Writes a PNG and returns its path."""
-    points: dict[str, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for item in score_records(records):
-        cell = item["record"]["cell"]
-        budget = cell["attack"]["params"].get(budget_param)
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-            continue
-        line = f"{cell['defense']['label']} ({cell['attack']['name']}, {cell['threat_model']})"
-        points[cell["domain"]["name"]][line][float(budget)].append(item["mitigation_power"])
-    if not points:
-        raise UserError(f"no attack in the results has a numeric parameter '{budget_param}'; "
-                        "name another attack parameter as the budget")
-    fig, axes = _figure(len(points), 7.5)
-    for ax, (domain, lines) in zip(axes, sorted(points.items())):
-        for line, by_budget in sorted(lines.items()):
-            xs = sorted(by_budget)
-            stats = [_mean_std(by_budget[x]) for x in xs]
-            ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3, label=line)
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set(title=domain, xlabel=f"attacker budget ({budget_param})", ylabel="mitigation power")
-        ax.legend(fontsize="small")
-    return _save(fig, path)
-
-
-def plot_leaderboard(df: pd.DataFrame, path: str | Path) -> Path:
-    """Bars of mitigation power and legal impact (± std) per row, one panel per domain. Writes a PNG."""
-    if df.empty:
-        raise UserError("the leaderboard is empty; there is nothing to plot")
-    domains = list(dict.fromkeys(df["domain"]))
-    widest = max((df["domain"] == d).sum() for d in domains)
-    fig, axes = _figure(len(domains), max(6.0, 1.1 * widest + 2))
-    for ax, domain in zip(axes, domains):
-        part = df[df["domain"] == domain]
-        x = np.arange(len(part))
-        for offset, column, name in ((-0.2, "mitigation_power", "mitigation power ↑"),
-                                     (0.2, "legal_impact", "legal impact (→ 0)")):
-            ax.bar(x + offset, part[f"{column}_mean"].fillna(0.0), 0.4, yerr=part[f"{column}_std"].fillna(0.0),
-                   capsize=3, label=name)
-        ax.set_xticks(x, [f"{r.defense}\n{r.attack}\n{r.threat_model}" for r in part.itertuples()], fontsize="small")
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set(title=domain, ylabel="relative change of the primary metric")
-        ax.legend(fontsize="small")
-    return _save(fig, path)

@@ -54,17 +54,21 @@ def check_command(records: list[dict[str, Any]], baseline_csv: str | Path, toler
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Also write <name>.csv and <name>.md (and plots with --plot) into this folder.")
 @click.option("--name", default=None, help="Base name of the written files (default: the results file's name).")
-@click.option("--plot", is_flag=True, help="Write <name>.png (bars) and <name>-budget.png (mitigation vs budget).")
+@click.option("--plot", is_flag=True,
+              help="Write <name>.png (bars) and <name>-curves.png (anytime curves: mitigation and the primary metric "
+                   "vs budget) when records carry curves, else <name>-budget.png (mitigation vs a budget swept "
+                   "across cells).")
 @click.option("--budget-param", default="steps", show_default=True,
-              help="Attack parameter used as the attacker's budget in the budget plot.")
+              help="Attack parameter used as the attacker's budget in the -budget.png plot (records without curves).")
 @click.option("--check", "check_csv", default=None, type=click.Path(dir_okay=False),
               help="Leaderboard CSV to compare with; exit 1 when a defense regressed.")
 @click.option("--tolerance", type=float, default=0.05, show_default=True,
-              help="Allowed absolute drop of mitigation power / rise of legal impact for --check.")
+              help="Allowed absolute drop of mitigation power (and MP-AUC) / rise of legal impact for --check.")
 def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, tolerance):
     """Print the leaderboard of RESULTS (a results .jsonl): one row per domain, defense, attack and threat model."""
-    from advbench.leaderboard import build_leaderboard, plot_budget_curves, plot_leaderboard, to_csv, to_markdown, \
-        write_leaderboard
+    from advbench.curves import record_curve
+    from advbench.leaderboard import build_leaderboard, to_csv, to_markdown, write_leaderboard
+    from advbench.plots import plot_budget_curves, plot_curves, plot_leaderboard
 
     if plot and not output_dir:
         raise UserError("--plot writes image files and needs --output-dir DIR")
@@ -79,7 +83,9 @@ def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, t
         if plot:
             written.append(plot_leaderboard(df, Path(output_dir) / f"{name}.png"))
             budgets = {r["cell"]["attack"]["params"].get(budget_param) for r in records}
-            if len(budgets - {None}) > 1:
+            if any(len(record_curve(r)) > 1 for r in records):
+                written.append(plot_curves(records, Path(output_dir) / f"{name}-curves.png"))
+            elif len(budgets - {None}) > 1:
                 written.append(plot_budget_curves(records, Path(output_dir) / f"{name}-budget.png", budget_param))
             else:
                 click.echo(f"budget plot skipped: fewer than two values of attack parameter '{budget_param}'", err=True)

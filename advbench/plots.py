@@ -1,0 +1,130 @@
+"""Leaderboard plots as PNG files: score bars, mitigation power vs a budget swept across cells, anytime curves.
+
+Everything is drawn from result records or a leaderboard table (:mod:`advbench.leaderboard`) with matplotlib's Agg
+backend through ``leaderboard._figure``/``_save`` (atomic writes). This module never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from advbench.errors import UserError
+from advbench.leaderboard import BASELINE, _budget_text, _figure, _mean_std, _save, score_records
+
+
+def plot_budget_curves(records: list[dict[str, Any]], path: str | Path, budget_param: str = "steps") -> Path:
+    """Mitigation power vs the attacker's budget (attack parameter ``budget_param``): one line per defense,
+    one panel per domain, mean ± std over seeds as error bars. Writes a PNG and returns its path.
+
+    This is for budgets swept across cells (one record per budget, schema 1); records that carry their own
+    anytime curve are drawn by :func:`plot_curves`."""
+    points: dict[str, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for item in score_records(records):
+        cell = item["record"]["cell"]
+        budget = cell["attack"]["params"].get(budget_param)
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            continue
+        line = f"{cell['defense']['label']} ({cell['attack']['name']}, {cell['threat_model']})"
+        points[cell["domain"]["name"]][line][float(budget)].append(item["mitigation_power"])
+    if not points:
+        raise UserError(f"no attack in the results has a numeric parameter '{budget_param}'; "
+                        "name another attack parameter as the budget")
+    fig, axes = _figure(len(points), 7.5)
+    for ax, (domain, lines) in zip(axes, sorted(points.items())):
+        for line, by_budget in sorted(lines.items()):
+            xs = sorted(by_budget)
+            stats = [_mean_std(by_budget[x]) for x in xs]
+            ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3, label=line)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set(title=domain, xlabel=f"attacker budget ({budget_param})", ylabel="mitigation power")
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Anytime curves, one row of two panels per domain: mitigation power vs budget (one line per defense × attack
+    (× threat model), mean ± std over seeds) and the primary metric vs budget (illegal classes solid, legal dashed,
+    the undefended baseline included, black). Log-scaled budget axes. Writes a PNG and returns its path.
+
+    Only records with more than one budget are drawn; none is a :class:`UserError`."""
+    # domain → line → budget → {"mitigation_power"/"illegal"/"legal": [per-seed values]}
+    points: dict[str, dict[tuple, dict[float, dict[str, list[float]]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
+    primaries: dict[str, set[str]] = defaultdict(set)
+    for item in score_records(records):
+        if len(item["curve"]) < 2:
+            continue
+        cell = item["record"]["cell"]
+        line = (cell["defense"]["name"] == BASELINE, cell["defense"]["label"], cell["attack"]["label"],
+                cell["threat_model"])
+        primaries[cell["domain"]["name"]].add(item["primary"])
+        for point in item["curve"]:
+            for column in ("mitigation_power", "illegal", "legal"):
+                points[cell["domain"]["name"]][line][point["budget"]][column].append(point[column])
+    if not points:
+        raise UserError("no record in the results has an anytime curve (more than one budget); "
+                        "rerun with a budget list, or plot a budget swept across cells with plot_budget_curves")
+    from matplotlib import rcParams
+
+    fig, axes = _figure(len(points), 13.0, 3.8, ncols=2)
+    colors = [c["color"] for c in rcParams["axes.prop_cycle"]]
+    for row, (domain, lines) in enumerate(sorted(points.items())):
+        ax_mp, ax_metric = axes[2 * row], axes[2 * row + 1]
+        threats = {line[3] for line in lines}
+        defended = 0
+        for line in sorted(lines, key=lambda ln: (not ln[0], ln[1:])):  # baselines first
+            is_base, defense, attack, threat = line
+            name = f"{defense} vs {attack}" + (f" ({threat})" if len(threats) > 1 else "")
+            color = "black" if is_base else colors[defended % len(colors)]
+            defended += 0 if is_base else 1
+            xs = sorted(lines[line])
+            stats = {c: [_mean_std(lines[line][x][c]) for x in xs] for c in ("mitigation_power", "illegal", "legal")}
+            if not is_base:
+                ax_mp.errorbar(xs, [s[0] for s in stats["mitigation_power"]],
+                               yerr=[s[1] for s in stats["mitigation_power"]], marker="o", capsize=3, color=color,
+                               label=name)
+            for role, style in (("illegal", "-"), ("legal", "--")):
+                means = [s[0] for s in stats[role]]
+                if np.isnan(means).all():
+                    continue
+                ax_metric.errorbar(xs, means, yerr=[s[1] for s in stats[role]], marker="o", capsize=3, color=color,
+                                   linestyle=style, label=f"{name}, {role}")
+        ax_mp.axhline(0.0, color="grey", linewidth=0.8)
+        ax_mp.set(title=f"{domain}: mitigation power", xlabel="attack budget (optimizer steps)",
+                  ylabel="mitigation power", xscale="log")
+        metric = ", ".join(sorted(primaries[domain]))
+        ax_metric.set(title=f"{domain}: {metric} (illegal solid, legal dashed)",
+                      xlabel="attack budget (optimizer steps)", ylabel=metric, xscale="log")
+        ticks = sorted({budget for by_budget in lines.values() for budget in by_budget})
+        for ax in (ax_mp, ax_metric):
+            ax.set_xticks(ticks, [_budget_text(b) for b in ticks])
+            ax.minorticks_off()
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_leaderboard(df: pd.DataFrame, path: str | Path) -> Path:
+    """Bars of mitigation power and legal impact (± std) per row, one panel per domain. Writes a PNG."""
+    if df.empty:
+        raise UserError("the leaderboard is empty; there is nothing to plot")
+    domains = list(dict.fromkeys(df["domain"]))
+    widest = max((df["domain"] == d).sum() for d in domains)
+    fig, axes = _figure(len(domains), max(6.0, 1.1 * widest + 2))
+    for ax, domain in zip(axes, domains):
+        part = df[df["domain"] == domain]
+        x = np.arange(len(part))
+        for offset, column, name in ((-0.2, "mitigation_power", "mitigation power ↑"),
+                                     (0.2, "legal_impact", "legal impact (→ 0)")):
+            ax.bar(x + offset, part[f"{column}_mean"].fillna(0.0), 0.4, yerr=part[f"{column}_std"].fillna(0.0),
+                   capsize=3, label=name)
+        ax.set_xticks(x, [f"{r.defense}\n{r.attack}\n{r.threat_model}" for r in part.itertuples()], fontsize="small")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set(title=domain, ylabel="relative change of the primary metric")
+        ax.legend(fontsize="small")
+    return _save(fig, path)
