@@ -1,7 +1,12 @@
 """Cells: one (defense, attack, domain, model, threat model, seed) combination, validated before any work.
 
 A :class:`PluginSpec` names a plugin and the user's raw parameters; resolving it imports the plugin and builds
-its ``Params`` dataclass, so a typo fails in milliseconds with a one-line error and nothing is written.
+its ``Params`` dataclass, so a typo fails in milliseconds with a one-line error and nothing is written. A spec
+builds its plugin once and keeps it (plugins are configured objects: they keep no per-run state), so a cell's
+plugins are resolved once however often the runner asks.
+
+A cell of an attack that declares ``anytime`` is an anytime curve: one attack run scored at each of its
+``budgets`` (optimizer steps; the last is the attack's ``steps``, by default ``steps``/8, /4, /2, ``steps``).
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ class PluginSpec:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    _built: Any = field(default=None, init=False, repr=False, compare=False)
 
     def plugin_class(self) -> type:
         return plugins.get(self.kind, self.name)
 
     def build(self) -> Any:
-        """Instantiate the plugin with validated parameters."""
-        cls = self.plugin_class()
-        return cls(build_params(cls.Params, self.params, f"{self.kind} '{self.name}'"))
+        """The plugin with validated parameters (built on the first call, then reused)."""
+        if self._built is None:
+            cls = self.plugin_class()
+            self._built = cls(build_params(cls.Params, self.params, f"{self.kind} '{self.name}'"))
+        return self._built
 
     def resolved_params(self) -> dict[str, Any]:
         """All parameters, defaults included: what the result depends on."""
@@ -65,12 +73,32 @@ class Cell:
     threat_model: str = "compliant"
     seed: int = 0
     model: str | None = None
+    budgets: tuple[int, ...] | None = None  # None: the attack's default budgets (when it is anytime)
 
     def __post_init__(self):
         if self.threat_model not in THREAT_MODELS:
             raise UserError(f"unknown threat model '{self.threat_model}'; use one of: {', '.join(THREAT_MODELS)}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise UserError(f"seed must be a non-negative integer, not {self.seed!r}")
+        if self.budgets is not None:
+            self.budgets = check_budgets(self.budgets)
+            if not getattr(self.attack.plugin_class(), "anytime", False):
+                raise UserError(f"attack '{self.attack.name}' cannot be scored at several budgets (it does not "
+                                f"train through the engine's anytime snapshots); drop the budgets for it")
+            steps = self.attack.params.get("steps")
+            if steps is not None and str(steps) != str(self.budgets[-1]):
+                raise UserError(f"budgets {format_budgets(self.budgets)} must end at the attack's steps ({steps}); "
+                                f"drop steps=... or make the last budget {steps}")
+            # The last budget is the attack's steps; the label stays what the user called the attack.
+            self.attack = PluginSpec("attack", self.attack.name, {**self.attack.params, "steps": self.budgets[-1]},
+                                     self.attack.display_label())
+
+    def resolved_budgets(self) -> tuple[int, ...] | None:
+        """The budgets this cell scores (None: one evaluation after the whole attack)."""
+        attack = self.attack.build()
+        if not getattr(attack, "anytime", False):
+            return None
+        return self.budgets or attack.default_budgets()
 
     def to_json(self) -> dict[str, Any]:
         """The cell as recorded: resolved parameters (defaults included) so the id changes when they do."""
@@ -83,13 +111,35 @@ class Cell:
             "model": self.model or f"default:{self.domain.name}",
             "threat_model": self.threat_model,
             "seed": self.seed,
+            # absent for one-budget cells, so the ids of cells recorded before budgets existed are unchanged
+            **({"budgets": list(budgets)} if (budgets := self.resolved_budgets()) else {}),
         }
 
     def validate(self) -> None:
         """Resolve every plugin and parameter (raises a UserError on the first mistake)."""
         for spec in (self.defense, self.attack, self.domain):
             spec.build()
+        self.resolved_budgets()
 
     def describe(self) -> str:
         return (f"{self.domain.name} | {self.defense.display_label()} vs {self.attack.display_label()} | "
                 f"{self.threat_model} | seed {self.seed}")
+
+
+def check_budgets(budgets: Any) -> tuple[int, ...]:
+    """Budgets as a strictly increasing tuple of positive integers (a UserError says what is wrong)."""
+    if isinstance(budgets, str):
+        try:
+            budgets = [int(b) for b in budgets.split(",") if b.strip()]
+        except ValueError:
+            raise UserError(f"budgets {budgets!r} must be comma-separated integers, e.g. 25,50,100,200") from None
+    values = list(budgets) if isinstance(budgets, (list, tuple)) else None
+    if (not values or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in values)
+            or any(a >= b for a, b in zip(values, values[1:]))):
+        raise UserError(f"budgets must be increasing positive integers (attack steps), e.g. 25,50,100,200; "
+                        f"got {budgets!r}")
+    return tuple(values)
+
+
+def format_budgets(budgets: tuple[int, ...]) -> str:
+    return ",".join(str(b) for b in budgets)

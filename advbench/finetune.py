@@ -152,8 +152,13 @@ def diffusion_loss(model: Model, pixel_values: torch.Tensor, captions: Sequence[
     return F.mse_loss(prediction.float(), target.float())
 
 
-class _ExampleBatches:
-    """Batches drawn from seeded epoch permutations of the examples (a batch may span two epochs)."""
+class SeededBatcher:
+    """Batches drawn from seeded epoch permutations of one set of examples (a batch may span two epochs).
+
+    The one batcher of the engine, the attacks and the defenses: ``draw(generator)`` takes its randomness from
+    the run's generator only, and ``state_dict()`` / ``load_state_dict()`` carry the queue of the current epoch,
+    so a run resumed from a saved training state draws exactly the batches an uninterrupted run would have.
+    """
 
     def __init__(self, examples: list[Example], batch_size: int, resolution: int):
         from advbench.data import examples_to_tensor
@@ -165,11 +170,21 @@ class _ExampleBatches:
         self.batch_size = batch_size
         self.queue: list[int] = []
 
-    def __call__(self, step: int, generator: torch.Generator) -> Batch:
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
         while len(self.queue) < self.batch_size:
             self.queue += torch.randperm(len(self.captions), generator=generator).tolist()
         idx, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size:]
-        return {"pixel_values": self.pixels[idx], "captions": [self.captions[i] for i in idx]}
+        return self.pixels[idx], [self.captions[i] for i in idx]
+
+    def __call__(self, step: int, generator: torch.Generator) -> Batch:
+        pixels, captions = self.draw(generator)
+        return {"pixel_values": pixels, "captions": captions}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"queue": list(self.queue)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.queue = [int(i) for i in state["queue"]]
 
 
 def _augment(batch: Batch, cfg: FinetuneConfig, generator: torch.Generator) -> Batch:
@@ -224,11 +239,14 @@ def accelerator_session(mixed_precision: str, device: str) -> Iterator[Any]:
 
 def finetune(model: Model, examples: list[Example] | BatchFn, cfg: FinetuneConfig, ctx: Context,
              frozen: Iterable[str] = (), trainable: Iterable[torch.nn.Parameter] | None = None,
-             loss_fn: LossFn | None = None, callback: Callable[[int, float], bool | None] | None = None
-             ) -> FinetuneResult:
+             loss_fn: LossFn | None = None, callback: Callable[[int, float], bool | None] | None = None,
+             export: Callable[[Model], Model] | None = None) -> FinetuneResult:
     """Train ``model`` in place (see the module docstring) and return what the run measured.
 
     Afterwards every ``requires_grad`` flag is as before and the model is back on its device in float32.
+    When ``ctx.anytime`` is set (the runner's anytime evaluation), the run continues from its ``resume`` state
+    if there is one, and after each of its budgets hands ``export(model)`` (default: a copy of the model)
+    and the training state to ``ctx.anytime.save``; snapshots read the weights only, so training is unchanged.
     """
     frozen = set(frozen)
     default = trainable_parameters(model, frozen, cfg.train_text_encoder)  # also checks the frozen names
@@ -243,7 +261,7 @@ def finetune(model: Model, examples: list[Example] | BatchFn, cfg: FinetuneConfi
     flags = {id(p): p.requires_grad for m in modules for p in m.parameters()}
     modes = [m.training for m in modules]
     origin = model.device
-    batches = examples if callable(examples) else _ExampleBatches(list(examples), cfg.batch_size, model.resolution)
+    batches = examples if callable(examples) else SeededBatcher(list(examples), cfg.batch_size, model.resolution)
     accelerator = _accelerator(cfg.mixed_precision, ctx.device)
     device = str(accelerator.device)
     checkpointing = cfg.gradient_checkpointing and not model.unet.is_gradient_checkpointing
@@ -267,8 +285,9 @@ def finetune(model: Model, examples: list[Example] | BatchFn, cfg: FinetuneConfi
                                  num_training_steps=cfg.steps)
         optimizer, schedule = accelerator.prepare(optimizer, schedule)
         generator = torch.Generator().manual_seed(ctx.seed)
-        losses, seconds, peak = _loop(model, batches, cfg, ctx, accelerator, optimizer, schedule, params,
-                                      generator, loss_fn, callback)
+        run = _Run(model, batches, cfg, ctx, accelerator, optimizer, schedule, params, generator)
+        start = run.resume(ctx.anytime.resume) if ctx.anytime is not None and ctx.anytime.resume else 0
+        losses, seconds, peak = _loop(run, start, loss_fn, callback, export)
         state_numel = sum(t.numel() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
     finally:
         if checkpointing:
@@ -288,11 +307,75 @@ def finetune(model: Model, examples: list[Example] | BatchFn, cfg: FinetuneConfi
                           device=device, info={"mixed_precision": cfg.mixed_precision})
 
 
-def _loop(model, batches, cfg, ctx, accelerator, optimizer, schedule, params, generator, loss_fn, callback):
+def exact_stops(cfg: FinetuneConfig, budgets: Iterable[int]) -> bool:
+    """Whether stopping this run at each of ``budgets`` gives what a run of that many steps would.
+
+    True for a constant learning rate (and a warm-up that ends before the first budget); a decaying schedule
+    is stretched over the whole run, so its intermediate snapshots saw higher rates than a shorter run would.
+    """
+    if cfg.lr_scheduler == "constant":
+        return True
+    return cfg.lr_scheduler == "constant_with_warmup" and all(b >= cfg.lr_warmup_steps for b in budgets)
+
+
+@dataclass
+class _Run:
+    """Everything a training run's exact continuation depends on, for anytime snapshots and resume."""
+
+    model: Model
+    batches: Any
+    cfg: FinetuneConfig
+    ctx: Context
+    accelerator: Any
+    optimizer: Any
+    schedule: Any
+    params: list[torch.nn.Parameter]
+    generator: torch.Generator
+
+    def named_params(self) -> dict[str, torch.nn.Parameter]:
+        ids = {id(p) for p in self.params}
+        return {f"{component}.{name}": p for component, module in self.model.components().items()
+                for name, p in module.named_parameters() if id(p) in ids}
+
+    def state(self, step: int) -> dict[str, Any]:
+        """The training state after ``step`` optimizer steps (tensors are shared: save it before going on)."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        batches = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
+        return {"step": step, "exact": exact_stops(self.cfg, [step]),
+                "params": {n: p.detach().cpu() for n, p in self.named_params().items()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
+                "generator": self.generator.get_state(), "batches": batches,
+                "scaler": scaler.state_dict() if scaler is not None else None}
+
+    def resume(self, state: dict[str, Any]) -> int:
+        """Load a saved training state; return its step (0, start over, when it cannot be continued exactly)."""
+        named = self.named_params()
+        if set(state["params"]) != set(named) or (state["batches"] is not None) != hasattr(self.batches,
+                                                                                              "load_state_dict"):
+            self.ctx.log("anytime: the saved training state does not match this run; training from step 0")
+            return 0
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(state["params"][name].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        if state["batches"] is not None:
+            self.batches.load_state_dict(state["batches"])
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        return int(state["step"])
+
+
+def _loop(run: _Run, start: int, loss_fn, callback, export):
     import psutil
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    model, batches, cfg, ctx, accelerator = run.model, run.batches, run.cfg, run.ctx, run.accelerator
+    optimizer, schedule, params, generator = run.optimizer, run.schedule, run.params, run.generator
+    snapshots = set(ctx.anytime.budgets) if ctx.anytime is not None else set()
     device = str(accelerator.device)
     baseline = psutil.Process().memory_info().rss / 2**20
     losses: list[float] = []
@@ -302,9 +385,9 @@ def _loop(model, batches, cfg, ctx, accelerator, optimizer, schedule, params, ge
                         TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
                         console=Console(stderr=True), transient=True, disable=not ctx.progress, auto_refresh=False)
     with _peak_memory(device) as m, progress:
-        task = progress.add_task("fine-tune", total=cfg.steps, loss=float("nan"))
-        start = shown = time.perf_counter()
-        for step in range(cfg.steps):
+        task = progress.add_task("fine-tune", total=cfg.steps, completed=start, loss=float("nan"))
+        began = shown = time.perf_counter()
+        for step in range(start, cfg.steps):
             batch = _augment(batches(step, generator), cfg, generator)
             batch["generator"] = generator
             with accelerator.autocast():
@@ -324,9 +407,15 @@ def _loop(model, batches, cfg, ctx, accelerator, optimizer, schedule, params, ge
             refresh = now - shown >= 0.1
             shown = now if refresh else shown
             progress.update(task, advance=1, loss=losses[-1], refresh=refresh)
-            if callback is not None and callback(step, losses[-1]):
+            stop = callback is not None and callback(step, losses[-1])
+            if step + 1 in snapshots and step + 1 < cfg.steps:
+                # An anytime snapshot: a copy of what the attack would return now, and the state to go on from.
+                with torch.no_grad():
+                    snapshot = export(model) if export is not None else model.clone()
+                ctx.anytime.save(step + 1, snapshot, run.state(step + 1))
+            if stop:
                 break
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - began
     peak = m.peak_memory_mb if device.startswith("cuda") else max(m.peak_memory_mb - baseline, 0.0)
     return losses, seconds, peak
 

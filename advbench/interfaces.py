@@ -131,6 +131,23 @@ class ProtectedModel:
 
 # ------------------------------------------------------------------------------------------ context
 @dataclass
+class Anytime:
+    """Snapshots of one attack run at intermediate budgets (the runner's anytime evaluation).
+
+    The fine-tuning engine calls ``save(budget, snapshot, state)`` right after optimizer step ``budget`` (for
+    each budget below the run's last step): ``snapshot`` is the adapted model as the attack would return it
+    at that point (its ``export``), ``state`` the training state from which :func:`advbench.finetune.finetune`
+    can continue exactly (trainable tensors, optimizer, LR schedule, generator, batcher); ``save`` must write
+    both before it returns. ``resume``, when set, is such a state: training continues from its step instead
+    of starting over (a cell killed between two budgets does not redo the first).
+    """
+
+    budgets: tuple[int, ...]
+    save: Any  # Callable[[int, Model, dict[str, Any]], None]
+    resume: dict[str, Any] | None = None
+
+
+@dataclass
 class Context:
     """Run-time facts a plugin may use; plugins never pick devices, seeds or folders themselves."""
 
@@ -141,6 +158,7 @@ class Context:
     work_dir: Path = field(default_factory=lambda: Path("."))  # this stage's folder for artifacts
     progress: bool = True
     cache_dir: Path | None = None  # the run's stage-cache root, for sub-stages a plugin caches itself (or None)
+    anytime: Anytime | None = None  # set by the runner in the adapt stage of an anytime cell
 
     def log(self, message: str) -> None:
         if self.progress:
@@ -169,9 +187,20 @@ class Defense(Plugin, abc.ABC):
 
 
 class Attack(Plugin, abc.ABC):
-    """Attacker side: adapt a protected model on the attacker's share of one class."""
+    """Attacker side: adapt a protected model on the attacker's share of one class.
+
+    An attack that trains through :func:`advbench.finetune.finetune` (passing ``ctx`` and, where the adapted
+    model is not simply the training model, an ``export`` function) declares ``anytime = True``: the runner
+    then evaluates one run at several budgets of its ``steps`` parameter.
+    """
 
     constraints_understood: ClassVar[frozenset[str]] = frozenset()
+    anytime: ClassVar[bool] = False
+
+    def default_budgets(self) -> tuple[int, ...]:
+        """The budgets an anytime cell scores when none are given: ``steps``/8, /4, /2 and ``steps``."""
+        steps = int(self.params.steps)
+        return tuple(sorted({max(1, steps // 2 ** k) for k in range(3, -1, -1)}))
 
     def effective_constraints(self, protected: ProtectedModel, threat_model: str) -> list[Constraint]:
         """The constraints this attack must honour: none if unconstrained, else all (each must be understood)."""

@@ -1,7 +1,8 @@
 """The results store: one JSON record per finished cell, appended atomically to a JSON Lines file.
 
-A record (schema version 1, documented key by key in ``docs/results-schema.md``) holds the cell, its per-class
-metric values, per-stage timings and peak memory, and provenance. :meth:`ResultStore.append` never leaves a half
+A record (schema version 2, documented key by key in ``docs/results-schema.md``; version-1 records stay readable)
+holds the cell, its per-class metric values at every attack budget, per-stage timings and peak memory, and
+provenance; :func:`build_record` assembles one and :func:`validate_record` checks one. :meth:`ResultStore.append` never leaves a half
 record: under an ``fcntl`` lock on a sidecar lock file it writes the old content plus the new line to a temporary
 file in the same folder, fsyncs it and renames it over the results file. A rerun asks :meth:`ResultStore.has`
 (or :meth:`ResultStore.finished_ids`) and skips finished cells.
@@ -32,13 +33,15 @@ try:  # POSIX; elsewhere appends are still atomic (rename) but not serialized be
 except ImportError:  # pragma: no cover
     fcntl = None
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 THREAT_MODELS = ("compliant", "unconstrained")
 STAGES = ("protect", "adapt", "generate", "score")
 ROLES = ("illegal", "legal")
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "safetensors", "numpy")
 TOP_KEYS = ("schema_version", "cell_id", "config_hash", "cell", "metrics", "defense_info", "stages",
             "total_seconds", "provenance", "started_at", "finished_at")
+TOP_KEYS_V2 = (*TOP_KEYS, "anytime")
 
 
 def config_hash(obj: Any) -> str:
@@ -70,27 +73,44 @@ def _check_plugin(cell: dict[str, Any], kind: str, label: bool) -> None:
         _require(isinstance(spec.get("label"), str) and spec["label"], f"cell.{kind}.label must be a non-empty string")
 
 
-def _check_metrics(metrics: Any) -> None:
+def _check_point(point: Any, hib: dict[str, bool], where: str) -> None:
+    """One evaluation: per-class values and the illegal/legal means (``metrics`` itself, or a curve point)."""
+    _require(isinstance(point, dict), f"{where} must be an object")
+    classes = point.get("classes")
+    _require(isinstance(classes, dict), f"{where}.classes must be an object")
+    for cls, row in classes.items():
+        _require(isinstance(row, dict) and row.get("role") in ROLES,
+                 f"{where}.classes.{cls}.role must be 'illegal' or 'legal'")
+        values = row.get("values")
+        _require(isinstance(values, dict) and all(_is_number(v) for v in values.values()),
+                 f"{where}.classes.{cls}.values must map metric names to finite numbers")
+    for role in ROLES:
+        means = point.get(role)
+        _require(isinstance(means, dict) and all(_is_number(v) for v in means.values()),
+                 f"{where}.{role} must map metric names to finite numbers")
+        unknown = set(means) - set(hib)
+        _require(not unknown, f"{where}.{role} has metrics without a direction: {sorted(unknown)}")
+
+
+def _check_metrics(metrics: Any, version: int, budgets: list[int] | None) -> None:
     _require(isinstance(metrics, dict), "metrics must be an object")
     hib = metrics.get("higher_is_better")
     _require(isinstance(hib, dict) and all(isinstance(v, bool) for v in hib.values()),
              "metrics.higher_is_better must map metric names to true/false")
     _require(isinstance(metrics.get("primary"), str) and metrics["primary"] in hib,
              "metrics.primary must name a metric listed in metrics.higher_is_better")
-    classes = metrics.get("classes")
-    _require(isinstance(classes, dict), "metrics.classes must be an object")
-    for cls, row in classes.items():
-        _require(isinstance(row, dict) and row.get("role") in ROLES,
-                 f"metrics.classes.{cls}.role must be 'illegal' or 'legal'")
-        values = row.get("values")
-        _require(isinstance(values, dict) and all(_is_number(v) for v in values.values()),
-                 f"metrics.classes.{cls}.values must map metric names to finite numbers")
-    for role in ROLES:
-        means = metrics.get(role)
-        _require(isinstance(means, dict) and all(_is_number(v) for v in means.values()),
-                 f"metrics.{role} must map metric names to finite numbers")
-        unknown = set(means) - set(hib)
-        _require(not unknown, f"metrics.{role} has metrics without a direction: {sorted(unknown)}")
+    _check_point(metrics, hib, "metrics")
+    if version < 2:
+        return
+    curve = metrics.get("curve")
+    _require(isinstance(curve, list) and curve, "metrics.curve must be a non-empty list")
+    for i, point in enumerate(curve):
+        _check_point(point, hib, f"metrics.curve[{i}]")
+    got = [point.get("budget") for point in curve]
+    want = budgets if budgets else [None]
+    _require(got == want, f"metrics.curve budgets {got} must be the cell's budgets {want}")
+    _require(all(curve[-1][k] == metrics[k] for k in ("classes", *ROLES)),
+             "metrics.classes/illegal/legal must equal the last point of metrics.curve")
 
 
 def _check_stages(stages: Any) -> None:
@@ -104,14 +124,18 @@ def _check_stages(stages: Any) -> None:
         _require(_is_number(st.get("seconds")) and _is_number(st.get("peak_memory_mb")),
                  f"stages[{i}].seconds and peak_memory_mb must be numbers")
         _require(isinstance(st.get("cached"), bool), f"stages[{i}].cached must be true or false")
+        budget = st.get("budget")
+        _require(budget is None or (isinstance(budget, int) and not isinstance(budget, bool)),
+                 f"stages[{i}].budget must be an integer or absent")
 
 
 def validate_record(rec: Any) -> None:
-    """Raise ``ValueError`` naming the first problem if ``rec`` is not a schema-1 result record."""
+    """Raise ``ValueError`` naming the first problem if ``rec`` is not a result record of a readable schema."""
     _require(isinstance(rec, dict), f"a record must be a JSON object, not {type(rec).__name__}")
-    _require(rec.get("schema_version") == SCHEMA_VERSION,
-             f"schema_version must be {SCHEMA_VERSION}, got {rec.get('schema_version')!r}")
-    missing = [k for k in TOP_KEYS if k not in rec]
+    version = rec.get("schema_version")
+    _require(version in READABLE_VERSIONS,
+             f"schema_version must be one of {', '.join(map(str, READABLE_VERSIONS))}, got {version!r}")
+    missing = [k for k in (TOP_KEYS_V2 if version >= 2 else TOP_KEYS) if k not in rec]
     _require(not missing, f"missing keys: {', '.join(missing)}")
     _require(isinstance(rec["cell_id"], str) and rec["cell_id"], "cell_id must be a non-empty string")
     _require(isinstance(rec["config_hash"], str) and rec["config_hash"], "config_hash must be a non-empty string")
@@ -124,13 +148,48 @@ def validate_record(rec: Any) -> None:
     _require(cell.get("threat_model") in THREAT_MODELS, f"cell.threat_model must be one of {', '.join(THREAT_MODELS)}")
     _require(isinstance(cell.get("seed"), int) and not isinstance(cell.get("seed"), bool),
              "cell.seed must be an integer")
-    _check_metrics(rec["metrics"])
+    budgets = cell.get("budgets")
+    _require(budgets is None or (isinstance(budgets, list) and budgets and all(
+        isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets) and budgets == sorted(set(budgets))),
+        "cell.budgets must be an increasing list of positive integers, or absent")
+    _check_metrics(rec["metrics"], version, budgets)
+    if version >= 2:
+        anytime = rec["anytime"]
+        _require(isinstance(anytime, dict) and isinstance(anytime.get("exact"), bool)
+                 and isinstance(anytime.get("budget_param"), (str, type(None))),
+                 "anytime must be an object with exact (true/false) and budget_param (string or null)")
     _require(isinstance(rec["defense_info"], dict), "defense_info must be an object")
     _check_stages(rec["stages"])
     _require(_is_number(rec["total_seconds"]), "total_seconds must be a number")
     _require(isinstance(rec["provenance"], dict), "provenance must be an object")
     for key in ("started_at", "finished_at"):
         _require(isinstance(rec[key], str), f"{key} must be an ISO 8601 string")
+
+
+def summarize_classes(classes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``{"classes", "illegal", "legal"}``: per-class values and, per role, the mean of each metric."""
+    point: dict[str, Any] = {"classes": classes}
+    for role in ROLES:
+        rows = [c["values"] for c in classes.values() if c["role"] == role]
+        names = [n for n in (rows[0] if rows else {})]
+        point[role] = {n: math.fsum(r[n] for r in rows) / len(rows) for n in names}
+    return point
+
+
+def build_record(cell: dict[str, Any], curve: list[tuple[int | None, dict[str, dict[str, Any]]]], primary: str,
+                 higher_is_better: dict[str, bool], anytime: dict[str, Any], **rest: Any) -> dict[str, Any]:
+    """A schema-2 record: ``curve`` is ``[(budget, {class: {"role", "values"}})]`` in budget order; ``rest`` holds
+    ``defense_info``, ``stages``, ``total_seconds``, ``provenance``, ``started_at`` and ``finished_at``.
+
+    ``metrics.classes/illegal/legal`` are the last point (the whole attack), as in schema 1.
+    """
+    points = [{"budget": budget, **summarize_classes(classes)} for budget, classes in curve]
+    metrics = {"primary": primary, "higher_is_better": higher_is_better,
+               **{k: points[-1][k] for k in ("classes", *ROLES)}, "curve": points}
+    record = {"schema_version": SCHEMA_VERSION, "cell_id": cell_id(cell), "config_hash": config_hash(cell),
+              "cell": cell, "metrics": metrics, "anytime": anytime, **rest}
+    validate_record(record)
+    return record
 
 
 class ResultStore:
@@ -168,7 +227,7 @@ class ResultStore:
             try:
                 validate_record(rec)
             except ValueError as exc:
-                raise DataError(f"{where} is not a schema-{SCHEMA_VERSION} advbench record: {exc}; "
+                raise DataError(f"{where} is not an advbench result record: {exc}; "
                                 "fix or remove that line") from None
             out.append(rec)
         return out

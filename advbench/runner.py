@@ -2,12 +2,18 @@
 
 The defense sees only the publisher's share of the data, each attack only the attacker's share of the class it
 attacks, and the metrics compare generated images with the held-out reference images.
+
+An anytime cell (``cell.budgets``) trains each class once, to its last budget; at every earlier budget the
+engine hands over a snapshot of what the attack trains, which becomes that budget's adapt stage, and the
+generate and score stages then run per budget. Each budget's adapt stage also keeps the training state until
+the class is finished, so a run killed between two budgets continues from the last one it reached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,12 +25,13 @@ import numpy as np
 from advbench.cache import StageCache, stable_hash
 from advbench.cells import Cell, PluginSpec
 from advbench.errors import StaleResultError
-from advbench.interfaces import AttackData, Context, Example, ProtectedModel, PublisherData
+from advbench.interfaces import Anytime, AttackData, Context, Example, ProtectedModel, PublisherData
 from advbench.profiling import measure
-from advbench.results import ResultStore, cell_id, config_hash, provenance
+from advbench.results import ResultStore, build_record, cell_id, provenance
 
 # Bump a stage's version when its output format or semantics change, so old cache entries are not reused.
 STAGE_VERSIONS = {"protect": 1, "adapt": 1, "generate": 1, "score": 1}
+TRAIN_STATE = "train_state.pt"  # in an intermediate budget's adapt stage, until its class is finished
 
 
 @dataclass
@@ -41,28 +48,56 @@ class RunOptions:
 
 @dataclass
 class _CellRun:
+    """One cell being run: its plugins, data, base model and metrics, resolved once."""
+
     cell: Cell
     options: RunOptions
     cache: StageCache
     stages: list[dict[str, Any]] = field(default_factory=list)
 
-    def context(self, work_dir: Path) -> Context:
+    def __post_init__(self):
+        from advbench.data import split
+        from advbench.model import Model
+        from advbench.sampling import SamplingConfig
+
+        cell = self.cell
+        self.json = cell.to_json()
+        self.defense, self.attack, self.domain = cell.defense.build(), cell.attack.build(), cell.domain.build()
+        self.budgets = cell.resolved_budgets()
+        self.illegal, self.legal = list(self.domain.illegal_classes()), list(self.domain.legal_classes())
+        self.data = split(self.domain.dataset(), self.illegal + self.legal, seed=self.domain.split_seed(cell.seed))
+        self.base = Model.load(cell.model) if cell.model else self.domain.base_model()
+        self.model_fp = _model_fingerprint(cell, self.base)
+        self.sampling = SamplingConfig(**self.domain.sampling())
+        names = [self.domain.primary_metric, *[m for m in self.domain.extra_metrics if m != self.domain.primary_metric]]
+        self.metrics = {name: _build_metric(name, self.domain) for name in names}
+        self.metric_fps = {name: m.fingerprint() for name, m in self.metrics.items()}
+
+    def classes(self) -> list[tuple[str, str]]:
+        return [("illegal", c) for c in self.illegal] + [("legal", c) for c in self.legal]
+
+    def context(self, work_dir: Path, **extra: Any) -> Context:
         return Context(seed=self.cell.seed, device=self.options.device,
                        mixed_precision=self.options.mixed_precision, threat_model=self.cell.threat_model,
                        work_dir=work_dir, progress=self.options.progress,
-                       cache_dir=self.cache.root if self.cache.enabled else None)
+                       cache_dir=self.cache.root if self.cache.enabled else None, **extra)
 
-    def stage(self, name: str, key_parts: dict[str, Any], build: Callable[[Path], None],
-              cls: str | None = None) -> tuple[Path, str]:
-        key = stable_hash({"stage": name, "version": STAGE_VERSIONS[name], **key_parts})
-        with measure(self.options.device) as m:
-            folder, cached = self.cache.get_or_build(name, key, build)
-        entry = {"stage": name, "class": cls, "key": key, "seconds": round(m.seconds, 3),
-                 "peak_memory_mb": round(m.peak_memory_mb, 1), "cached": cached}
+    def key(self, name: str, parts: dict[str, Any]) -> str:
+        return stable_hash({"stage": name, "version": STAGE_VERSIONS[name], **parts})
+
+    def log_stage(self, entry: dict[str, Any]) -> None:
         self.stages.append(entry)
         if self.options.on_stage:
-            self.options.on_stage(name, entry)
-        return folder, key
+            self.options.on_stage(entry["stage"], entry)
+
+    def stage(self, name: str, key: str, build: Callable[[Path], None], cls: str | None = None,
+              budget: int | None = None) -> Path:
+        with measure(self.options.device) as m:
+            folder, cached = self.cache.get_or_build(name, key, build)
+        self.log_stage({"stage": name, "class": cls, **({"budget": budget} if budget is not None else {}),
+                        "key": key, "seconds": round(m.seconds, 3), "peak_memory_mb": round(m.peak_memory_mb, 1),
+                        "cached": cached})
+        return folder
 
 
 def examples_hash(examples: list[Example]) -> str:
@@ -87,17 +122,143 @@ def _load_images(folder: Path) -> tuple[np.ndarray, list[str]]:
     return load_file(str(folder / "images.safetensors"))["images"], json.loads((folder / "prompts.json").read_text())
 
 
+# ---------------------------------------------------------------------------------------------- stages
+def protect_stage(run: _CellRun) -> tuple[ProtectedModel, str]:
+    """The defense on the publisher's share; the attack is checked against its constraints before training."""
+    publisher = PublisherData(illegal={c: run.data.publisher[c] for c in run.illegal},
+                              legal={c: run.data.publisher[c] for c in run.legal})
+    key = run.key("protect", {"defense": run.json["defense"]["name"], "params": run.json["defense"]["params"],
+                              "model": run.model_fp, "seed": run.cell.seed,
+                              "publisher": examples_hash([e for _, c in run.classes() for e in run.data.publisher[c]])})
+
+    def build(folder: Path) -> None:
+        ctx = run.context(folder / "artifacts")
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        run.defense.protect(run.base.clone(), publisher, ctx).save(folder)
+
+    protected = ProtectedModel.load(run.stage("protect", key, build))
+    run.attack.effective_constraints(protected, run.cell.threat_model)  # fail before training if it cannot comply
+    return protected, key
+
+
+def adapt_stage(run: _CellRun, protected: ProtectedModel, protect_key: str, role: str, cls: str
+                ) -> list[tuple[int | None, Path, str]]:
+    """``[(budget, folder, key)]``: the adapted model of ``cls`` at every budget, from one attack run.
+
+    The last budget's key is the key a one-budget cell of the same attack has, so the two share that stage.
+    """
+    from advbench.model import Model
+
+    parts = {"protect": protect_key, "attack": run.json["attack"]["name"], "params": run.json["attack"]["params"],
+             "threat_model": run.cell.threat_model, "class": cls, "seed": run.cell.seed,
+             "data": examples_hash(run.data.attacker[cls])}
+    budgets = list(run.budgets or [None])
+    final = budgets[-1]
+    keys = {b: run.key("adapt", parts if b == final else {**parts, "budget": b}) for b in budgets}
+    todo = [b for b in budgets if not run.cache.has("adapt", keys[b])]
+    data = AttackData(cls, run.data.attacker[cls], role, run.domain.class_noun(cls))
+    clock = {"last": time.perf_counter(), "resumed_from": None}
+    entries: dict[int | None, dict[str, Any]] = {}
+
+    def save(budget: int, snapshot: Model, state: dict[str, Any]) -> None:
+        def build(folder: Path) -> None:
+            import torch
+
+            snapshot.save(folder / "model")
+            torch.save(state, folder / TRAIN_STATE)  # our own file, read back with weights_only=True
+            (folder / "anytime.json").write_text(json.dumps({"budget": budget, "exact": bool(state["exact"])}))
+
+        run.cache.get_or_build("adapt", keys[budget], build)
+        now = time.perf_counter()
+        entries[budget] = {"seconds": now - clock["last"], "cached": False}
+        clock["last"] = now
+
+    def train(folder: Path, keep: bool = True) -> None:
+        resume = _resume_state(run, keys, budgets, todo)
+        clock["resumed_from"] = resume["step"] if resume else None
+        anytime = Anytime(tuple(b for b in todo if b != final), save, resume) if run.budgets else None
+        ctx = run.context(folder / "artifacts", anytime=anytime)
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        adapted = run.attack.adapt(protected, data, ctx)
+        if keep:
+            adapted.save(folder / "model")
+            (folder / "anytime.json").write_text(json.dumps({"budget": final, "exact": True}))
+            entries[final] = {"seconds": time.perf_counter() - clock["last"], "cached": False}
+
+    with measure(run.options.device) as m:
+        if final in todo:
+            run.cache.get_or_build("adapt", keys[final], train)
+        elif todo:  # only an earlier budget is missing: run the attack again for its snapshots
+            with tempfile.TemporaryDirectory() as scratch:
+                train(Path(scratch), keep=False)
+    for b in budgets:
+        entry = entries.get(b, {"seconds": 0.0, "cached": True})
+        run.log_stage({"stage": "adapt", "class": cls, **({"budget": b} if b is not None else {}), "key": keys[b],
+                       "seconds": round(entry["seconds"], 3), "peak_memory_mb": round(m.peak_memory_mb, 1),
+                       "cached": entry["cached"],
+                       **({"resumed_from": clock["resumed_from"]} if clock["resumed_from"] else {})})
+    for b in budgets:  # the class is finished: the training states were only needed to resume it
+        (run.cache.path("adapt", keys[b]) / TRAIN_STATE).unlink(missing_ok=True)
+    return [(b, run.cache.path("adapt", keys[b]), keys[b]) for b in budgets]
+
+
+def _resume_state(run: _CellRun, keys: dict, budgets: list, todo: list) -> dict[str, Any] | None:
+    """The training state of the last finished budget before the first missing one, if it was kept."""
+    import torch
+
+    if not run.budgets or not todo:
+        return None
+    done = [b for b in budgets if b not in todo and b < todo[0]]
+    for b in reversed(done):
+        path = run.cache.path("adapt", keys[b]) / TRAIN_STATE
+        if path.exists():
+            return torch.load(path, weights_only=True)
+    return None
+
+
+def generate_stage(run: _CellRun, adapt_dir: Path, adapt_key: str, cls: str, budget: int | None) -> tuple[Path, str]:
+    """Images of the class's evaluation prompts from the adapted model at one budget."""
+    from advbench.model import Model
+    from advbench.sampling import generate
+
+    prompts = list(run.domain.prompts(cls))
+    key = run.key("generate", {"adapt": adapt_key, "prompts": prompts, "sampling": run.sampling.__dict__,
+                               "seed": run.cell.seed})
+
+    def build(folder: Path) -> None:
+        images = generate(Model.load(adapt_dir / "model"), prompts, run.sampling, run.context(folder))
+        per_prompt = len(images) // len(prompts)
+        _save_images(folder, images, [p for p in prompts for _ in range(per_prompt)])
+
+    return run.stage("generate", key, build, cls, budget), key
+
+
+def score_stage(run: _CellRun, gen_dir: Path, gen_key: str, cls: str, budget: int | None) -> dict[str, float]:
+    """Every metric of the domain on one class's generated images, against its held-out references."""
+    from advbench.data import examples_to_array
+
+    key = run.key("score", {"generate": gen_key, "metrics": {n: run.domain.metric_params(n) for n in run.metrics},
+                            "metric_fingerprints": run.metric_fps,
+                            "references": examples_hash(run.data.reference[cls]), "class": cls})
+
+    def build(folder: Path) -> None:
+        images, image_prompts = _load_images(gen_dir)
+        # references of any size are resized and centre-cropped to the model's resolution
+        references = examples_to_array(run.data.reference[cls], run.base.resolution)
+        ctx = run.context(folder)
+        values = {n: float(m.score(images, references, image_prompts, ctx, cls=cls)) for n, m in run.metrics.items()}
+        (folder / "scores.json").write_text(json.dumps(values))
+
+    return json.loads((run.stage("score", key, build, cls, budget) / "scores.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------ cells
 def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions | None = None) -> dict[str, Any]:
     """Run one cell and return its result record; append it to ``store`` unless it is already there."""
-    from advbench.data import examples_to_array, split
-    from advbench.model import Model
-    from advbench.sampling import SamplingConfig, generate
-
     options = options or RunOptions()
     cell.validate()
-    cell_json = cell.to_json()
-    cid = cell_id(cell_json)
     if store is not None:
+        cid = cell_id(cell.to_json())
         existing = next((r for r in store.records() if r["cell_id"] == cid), None)
         if existing is not None:
             _check_not_stale(existing, cell, store)
@@ -105,104 +266,41 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     run = _CellRun(cell, options, StageCache(options.cache_dir, enabled=options.use_cache))
-
-    defense, attack, domain = cell.defense.build(), cell.attack.build(), cell.domain.build()
-    illegal, legal = list(domain.illegal_classes()), list(domain.legal_classes())
-    data = split(domain.dataset(), illegal + legal, seed=domain.split_seed(cell.seed))
-    base = Model.load(cell.model) if cell.model else domain.base_model()
-    model_fp = _model_fingerprint(cell, base)
-    sampling_cfg = SamplingConfig(**domain.sampling())
-
-    publisher = PublisherData(illegal={c: data.publisher[c] for c in illegal},
-                              legal={c: data.publisher[c] for c in legal})
-    protect_parts = {"defense": cell_json["defense"]["name"], "params": cell_json["defense"]["params"],
-                     "model": model_fp, "seed": cell.seed,
-                     "publisher": examples_hash([e for c in illegal + legal for e in data.publisher[c]])}
-
-    def build_protect(folder: Path) -> None:
-        ctx = run.context(folder / "artifacts")
-        ctx.work_dir.mkdir(parents=True, exist_ok=True)
-        defense.protect(base.clone(), publisher, ctx).save(folder)
-
-    protect_dir, protect_key = run.stage("protect", protect_parts, build_protect)
-    protected = ProtectedModel.load(protect_dir)
-    attack.effective_constraints(protected, cell.threat_model)  # fail before training if it cannot comply
-
-    classes: dict[str, dict[str, Any]] = {}
-    metric_names = [domain.primary_metric, *[m for m in domain.extra_metrics if m != domain.primary_metric]]
-    metrics = {name: _build_metric(name, domain) for name in metric_names}
-    metric_fps = {name: m.fingerprint() for name, m in metrics.items()}
-    for role, group in (("illegal", illegal), ("legal", legal)):
-        for cls in group:
-            adapt_parts = {"protect": protect_key, "attack": cell_json["attack"]["name"],
-                           "params": cell_json["attack"]["params"], "threat_model": cell.threat_model,
-                           "class": cls, "seed": cell.seed, "data": examples_hash(data.attacker[cls])}
-
-            def build_adapt(folder: Path, cls=cls, role=role) -> None:
-                ctx = run.context(folder / "artifacts")
-                ctx.work_dir.mkdir(parents=True, exist_ok=True)
-                adapted = attack.adapt(protected, AttackData(cls, data.attacker[cls], role, domain.class_noun(cls)), ctx)
-                adapted.save(folder / "model")
-
-            adapt_dir, adapt_key = run.stage("adapt", adapt_parts, build_adapt, cls)
-            prompts = list(domain.prompts(cls))
-            gen_parts = {"adapt": adapt_key, "prompts": prompts, "sampling": sampling_cfg.__dict__,
-                         "seed": cell.seed}
-
-            def build_generate(folder: Path, adapt_dir=adapt_dir, prompts=prompts) -> None:
-                adapted = Model.load(adapt_dir / "model")
-                images = generate(adapted, prompts, sampling_cfg, run.context(folder))
-                per_prompt = len(images) // len(prompts)
-                _save_images(folder, images, [p for p in prompts for _ in range(per_prompt)])
-
-            gen_dir, gen_key = run.stage("generate", gen_parts, build_generate, cls)
-            # references of any size are resized and centre-cropped to the model's resolution
-            references = examples_to_array(data.reference[cls], base.resolution)
-            score_parts = {"generate": gen_key, "metrics": {n: domain.metric_params(n) for n in metric_names},
-                           "metric_fingerprints": metric_fps,
-                           "references": examples_hash(data.reference[cls]), "class": cls}
-
-            def build_score(folder: Path, gen_dir=gen_dir, cls=cls, references=references) -> None:
-                images, image_prompts = _load_images(gen_dir)
-                ctx = run.context(folder)
-                values = {n: float(m.score(images, references, image_prompts, ctx, cls=cls))
-                          for n, m in metrics.items()}
-                (folder / "scores.json").write_text(json.dumps(values))
-
-            score_dir, _ = run.stage("score", score_parts, build_score, cls)
-            classes[cls] = {"role": role, "values": json.loads((score_dir / "scores.json").read_text())}
-
-    record = {
-        "schema_version": 1,
-        "cell_id": cid,
-        "config_hash": config_hash(cell_json),
-        "cell": cell_json,
-        "metrics": _summarize(classes, metrics, domain.primary_metric),
-        "defense_info": protected.info,
-        "stages": run.stages,
-        "total_seconds": round(time.perf_counter() - t0, 3),
-        "provenance": provenance(options.device, extra={**_provenance_extra(cell), "model_fingerprint": model_fp,
-                                                          "metric_fingerprints": metric_fps}),
-        "started_at": started.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-    }
+    protected, protect_key = protect_stage(run)
+    curve: dict[int | None, dict[str, Any]] = {b: {} for b in (run.budgets or [None])}
+    for role, cls in run.classes():
+        for budget, adapt_dir, adapt_key in adapt_stage(run, protected, protect_key, role, cls):
+            gen_dir, gen_key = generate_stage(run, adapt_dir, adapt_key, cls, budget)
+            curve[budget][cls] = {"role": role, "values": score_stage(run, gen_dir, gen_key, cls, budget)}
+    record = build_record(
+        run.json, list(curve.items()), run.domain.primary_metric,
+        {n: bool(m.higher_is_better) for n, m in run.metrics.items()}, _anytime_facts(run),
+        defense_info=protected.info, stages=run.stages, total_seconds=round(time.perf_counter() - t0, 3),
+        provenance=provenance(options.device, extra={**_provenance_extra(cell), "model_fingerprint": run.model_fp,
+                                                     "metric_fingerprints": run.metric_fps}),
+        started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat())
     if store is not None:
         store.append(record)
     return record
 
 
+def _anytime_facts(run: _CellRun) -> dict[str, Any]:
+    """``anytime`` of the record: the budget parameter, and whether every snapshot equals a shorter run."""
+    if not run.budgets:
+        return {"budget_param": None, "exact": True, "note": "one evaluation after the whole attack"}
+    exact = True
+    for stage in run.stages:
+        facts = run.cache.path("adapt", stage["key"]) / "anytime.json"
+        if stage["stage"] == "adapt" and facts.exists():  # the last budget's stage may predate anytime cells
+            exact = exact and json.loads(facts.read_text())["exact"]
+    note = ("each budget's snapshot equals a run of that many steps (constant learning rate)" if exact else
+            "the learning-rate schedule spans the whole run, so a snapshot at budget b saw other rates than a "
+            "run of b steps would")
+    return {"budget_param": "steps", "exact": exact, "note": note}
+
+
 def _build_metric(name: str, domain: Any) -> Any:
     return PluginSpec("metric", name, domain.metric_params(name)).build()
-
-
-def _summarize(classes: dict[str, dict[str, Any]], metrics: dict[str, Any], primary: str) -> dict[str, Any]:
-    summary: dict[str, Any] = {"primary": primary,
-                               "higher_is_better": {n: bool(m.higher_is_better) for n, m in metrics.items()},
-                               "classes": classes}
-    for role in ("illegal", "legal"):
-        rows = [c["values"] for c in classes.values() if c["role"] == role]
-        summary[role] = {n: float(np.mean([r[n] for r in rows])) for n in metrics} if rows else {}
-    return summary
 
 
 _FINGERPRINTS: dict[tuple[str | None, str], str] = {}

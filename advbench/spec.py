@@ -19,7 +19,11 @@ sweep = { p = [0.1, 0.3, 0.5] }    # optional: one entry per value (cross produc
 [[attacks]]
 name = "fullft"
 params = { steps = 100 }
+budgets = [25, 50, 100]            # optional: the budgets of this attack's anytime curve (last = its steps)
 ```
+
+A top-level ``budgets = [...]`` applies to every attack that supports anytime evaluation (an attack's own
+``budgets`` wins); without either, each such attack scores its default budgets (``steps``/8, /4, /2, ``steps``).
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from typing import Any
 from advbench.cells import Cell, PluginSpec
 from advbench.errors import UserError
 
-TOP_KEYS = {"name", "description", "results", "seeds", "threat_models", "model", "domains", "defenses", "attacks"}
+TOP_KEYS = {"name", "description", "results", "seeds", "threat_models", "model", "domains", "defenses", "attacks",
+            "budgets"}
 ENTRY_KEYS = {"name", "params", "label", "sweep"}
+ATTACK_KEYS = ENTRY_KEYS | {"budgets"}
 SECTIONS = {"domains": "domain", "defenses": "defense", "attacks": "attack"}
 
 
@@ -58,9 +64,10 @@ def _unknown_key(key: str, allowed: set[str], where: str) -> UserError:
 def _expand_entry(entry: Any, kind: str, where: str) -> list[PluginSpec]:
     if not isinstance(entry, dict):
         raise UserError(f"{where} must be a table like {{ name = \"...\" }}, not {entry!r}")
+    allowed = ATTACK_KEYS if kind == "attack" else ENTRY_KEYS
     for key in entry:
-        if key not in ENTRY_KEYS:
-            raise _unknown_key(key, ENTRY_KEYS, where)
+        if key not in allowed:
+            raise _unknown_key(key, allowed, where)
     if not isinstance(entry.get("name"), str):
         raise UserError(f"{where} needs a name, e.g. name = \"none\"")
     params = entry.get("params", {})
@@ -104,16 +111,21 @@ def load_spec(path: str | Path) -> BenchSpec:
     if not isinstance(threats, list) or not threats:
         raise UserError(f"bench spec {path}: threat_models must be a non-empty list")
     lists: dict[str, list[PluginSpec]] = {}
+    budgets: dict[int, Any] = {}  # id of an attack spec -> its entry's budgets (or the spec's)
     for section, kind in SECTIONS.items():
         entries = data.get(section)
         if not isinstance(entries, list) or not entries:
             raise UserError(f"bench spec {path} needs at least one [[{section}]] table with a name")
-        lists[section] = [spec for i, entry in enumerate(entries)
-                          for spec in _expand_entry(entry, kind, f"bench spec {path}: {section}[{i}]")]
+        lists[section] = []
+        for i, entry in enumerate(entries):
+            specs = _expand_entry(entry, kind, f"bench spec {path}: {section}[{i}]")
+            for spec in specs:
+                budgets[id(spec)] = _budgets(entry.get("budgets"), data.get("budgets"), spec, f"bench spec {path}")
+            lists[section] += specs
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise UserError(f"bench spec {path}: model must be a path string")
-    cells = [Cell(defense, attack, domain, threat, seed, model)
+    cells = [Cell(defense, attack, domain, threat, seed, model, budgets[id(attack)])
              for domain in lists["domains"] for defense in lists["defenses"] for attack in lists["attacks"]
              for threat in threats for seed in seeds]
     for cell in cells:
@@ -129,3 +141,19 @@ def load_spec(path: str | Path) -> BenchSpec:
     if results is not None and not isinstance(results, str):
         raise UserError(f"bench spec {path}: results must be a path string")
     return BenchSpec(name=str(data.get("name", path.stem)), path=path, results=results, cells=cells)
+
+
+def _budgets(own: Any, shared: Any, spec: PluginSpec, where: str) -> tuple[int, ...] | None:
+    """An attack entry's budgets, else the spec's for an attack that supports anytime evaluation, else None."""
+    from advbench.cells import check_budgets
+
+    if own is not None:
+        return check_budgets(own)
+    if shared is None or spec.kind != "attack" or not getattr(spec.plugin_class(), "anytime", False):
+        return None
+    shared = check_budgets(shared)
+    steps = spec.params.get("steps")
+    if steps is not None and str(steps) != str(shared[-1]):
+        raise UserError(f"{where}: the spec's budgets end at {shared[-1]} but attack '{spec.display_label()}' has "
+                        f"steps = {steps}; give that attack its own budgets = [...]")
+    return shared

@@ -6,7 +6,7 @@ import torch
 import advbench.sampling as sampling
 import advbench_plugins.attacks._common as common
 from advbench.errors import ParamError
-from advbench.finetune import diffusion_loss
+from advbench.finetune import SeededBatcher, diffusion_loss
 from advbench.hookspecs import hookimpl
 from advbench.interfaces import AttackData, Context, FreezeMask, ProtectedModel
 from advbench.model import Model
@@ -96,14 +96,14 @@ def test_no_prior_preservation_generates_nothing(tmp_path, data, generate_calls)
 
 def test_identifier_rewrites_captions_and_evaluation_prompts(tmp_path, data, monkeypatch):
     captions = []
-    real = common.ShuffledBatches.draw
+    real = SeededBatcher.draw
 
     def spy(self, generator):
         pixels, caps = real(self, generator)
         captions.extend(caps)
         return pixels, caps
 
-    monkeypatch.setattr(common.ShuffledBatches, "draw", spy)
+    monkeypatch.setattr(SeededBatcher, "draw", spy)
     adapted = attack(class_noun="pattern").adapt(ProtectedModel(tiny_model()), data, ctx(tmp_path))
     assert adapted.prompt_rewrites == {"class_1": "sks pattern"}
     assert adapted.rewrite_prompt("a photo of class_1") == "a photo of sks pattern"
@@ -190,11 +190,17 @@ def test_attack_runs_in_a_benchmark_cell(temp_plugin, tmp_path, name):
     cell = Cell(PluginSpec("defense", "random", {"p": "0.3"}), PluginSpec("attack", name, params),
                 PluginSpec("domain", "toy"), "compliant", 0)
     record = run_cell(cell, None, RunOptions(cache_dir=tmp_path / "cache", progress=False))
-    adapted = [s for s in record["stages"] if s["stage"] == "adapt"]
-    assert len(adapted) == 4 and not any(s["cached"] for s in adapted)
+    stages = [s for s in record["stages"] if s["stage"] == "adapt"]
+    # default budgets 1 and 2: a snapshot after step 1 and the final model, for each of the 4 classes
+    assert len(stages) == 8 and not any(s["cached"] for s in stages)
+    adapted = [s for s in stages if s["budget"] == 2]
     folder = tmp_path / "cache" / "adapt" / adapted[0]["key"]
     model = Model.load(folder / "model")
+    snapshot = Model.load(tmp_path / "cache" / "adapt" / stages[0]["key"] / "model")
+    assert stages[0]["budget"] == 1 and stages[0]["class"] == adapted[0]["class"]
     if "lora" in name:
         assert (folder / "artifacts" / common.LORA_FILE).exists()
+        assert not any("lora" in k for k in snapshot.unet.state_dict())  # snapshots are merged too
     if name in ("t-dreambooth", "t-dreambooth-lora", "t-textual-inversion"):
         assert set(model.prompt_rewrites) == {adapted[0]["class"]}
+        assert snapshot.prompt_rewrites == model.prompt_rewrites

@@ -31,7 +31,29 @@ def test_run_prints_illegal_legal_table(runner, tmp_path):
                  "--results", str(results), "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--quiet")
     assert out.exit_code == 0, out.output
     assert "mean illegal" in out.output and "mean legal" in out.output and "class_3" in out.output
-    assert len(results.read_text().splitlines()) == 1
+    # the verdict: the undefended cell ran too, and MP/LI are printed at each budget (default 1 and 2 here)
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["cell"]["defense"]["name"] for r in records] == ["random", "none"]
+    assert "Verdict" in out.output and "MP ↑" in out.output and "MP-AUC" in out.output
+    # readable in an 80-column terminal: nothing cut with "…", no table line wider than 80
+    assert [line for line in out.output.splitlines() if "…" in line or len(line) > 80
+            and str(tmp_path) not in line] == []
+
+
+def test_second_run_takes_the_undefended_cell_from_results_or_cache(runner, tmp_path):
+    common = ["--attack", "fullft", "--attack-arg", "steps=2", "--attack-arg", "batch_size=2", "--domain", "toy",
+              "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--quiet"]
+    first = invoke(runner, "run", "--defense", "random", "--results", str(tmp_path / "a.jsonl"), *common)
+    assert first.exit_code == 0 and "0 of 25 stages from the stage cache" in first.output, first.output
+    again = invoke(runner, "run", "--defense", "random", "--defense-arg", "p=0.6", "--results",
+                   str(tmp_path / "a.jsonl"), *common)
+    assert f"taken from {tmp_path / 'a.jsonl'}" in again.output
+    fresh = invoke(runner, "run", "--defense", "random", "--defense-arg", "p=0.6", "--results",
+                   str(tmp_path / "b.jsonl"), *common)
+    assert "25 of 25 stages from the stage cache" in fresh.output, fresh.output
+    alone = invoke(runner, "run", "--defense", "random", "--no-baseline", "--results", str(tmp_path / "c.jsonl"),
+                   *common)
+    assert "Verdict" not in alone.output and len((tmp_path / "c.jsonl").read_text().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [

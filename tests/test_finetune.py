@@ -171,7 +171,7 @@ def test_bad_selections_are_user_errors(examples):
 
 
 def test_batches_span_epochs_and_cover_every_example(examples):
-    batches = ft._ExampleBatches(examples[:3], batch_size=2, resolution=32)
+    batches = ft.SeededBatcher(examples[:3], batch_size=2, resolution=32)
     g = torch.Generator().manual_seed(0)
     seen = [c for step in range(3) for c in batches(step, g)["captions"]]
     assert len(seen) == 6 and batches.pixels.shape == (3, 3, 32, 32)

@@ -100,8 +100,9 @@ results.ResultStore({str(path)!r}).append(json.loads(sys.stdin.read()))
 @pytest.mark.parametrize("line, message", [
     ("not json", "line 2 is not a JSON object: Expecting value"),
     ("[1, 2]", "line 2 is not a JSON object: got a list"),
-    ('{"schema_version": 2}', "line 2 is not a schema-1 advbench record: schema_version must be 1"),
-    ('{"schema_version": 1, "cell_id": "x"}', "line 2 is not a schema-1 advbench record: missing keys: config_hash"),
+    ('{"schema_version": 3}', "line 2 is not an advbench result record: schema_version must be one of 1, 2"),
+    ('{"schema_version": 1, "cell_id": "x"}', "line 2 is not an advbench result record: missing keys: config_hash"),
+    ('{"schema_version": 2, "cell_id": "x"}', "line 2 is not an advbench result record: missing keys: config_hash"),
 ])
 def test_malformed_line_is_a_data_error_with_line_number(tmp_path, line, message):
     path = tmp_path / "r.jsonl"

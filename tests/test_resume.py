@@ -71,7 +71,7 @@ def test_sigkill_mid_bench_then_rerun_matches_uninterrupted(tmp_path):
     proc.wait()
     lines = killed_results.read_text().splitlines()
     assert 1 <= len(lines) < 4
-    assert all(json.loads(line)["schema_version"] == 1 for line in lines)  # no truncated record
+    assert all(json.loads(line)["schema_version"] == 2 for line in lines)  # no truncated record
 
     rerun = _bench(spec, killed_results, tmp_path / "killed-cache")
     assert rerun.wait(timeout=600) == 0, rerun.stderr.read().decode()[-2000:]

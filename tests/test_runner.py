@@ -41,7 +41,10 @@ def test_cell_end_to_end_record(toy, tmp_path):
     assert metrics["illegal"]["toy-brightness"] == pytest.approx(sum(illegal) / 2)
     stages = [(s["stage"], s["class"]) for s in record["stages"]]
     assert stages[0] == ("protect", None)
-    assert stages.count(("adapt", "class_3")) == 1 and len(stages) == 1 + 4 * 3
+    # steps=2 gives the default budgets 1 and 2: one attack run, two snapshots, generated and scored each
+    assert record["cell"]["budgets"] == [1, 2] and [p["budget"] for p in metrics["curve"]] == [1, 2]
+    assert stages.count(("adapt", "class_3")) == 2 and len(stages) == 1 + 4 * 2 * 3
+    assert metrics["curve"][-1]["illegal"] == metrics["illegal"]
     assert record["defense_info"]["frozen_tensors"] > 0
     assert record["cell"]["defense"]["params"] == {"p": 0.5, "unit": "tensors"}
     assert record["provenance"]["torch_threads"] >= 1
@@ -67,7 +70,7 @@ def test_killed_run_resumes_from_cache(toy, tmp_path, monkeypatch):
 
     def crash_once(self, *a, **kw):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 5:  # two budgets per class: class_2's first score
             raise KeyboardInterrupt
         return real(self, *a, **kw)
 
@@ -76,10 +79,11 @@ def test_killed_run_resumes_from_cache(toy, tmp_path, monkeypatch):
         run_cell(cell(), store, opts(tmp_path))
     assert store.records() == []  # nothing half-written
     record = run_cell(cell(), store, opts(tmp_path))
-    cached = {(s["stage"], s["class"]): s["cached"] for s in record["stages"]}
-    assert cached[("protect", None)] and cached[("adapt", "class_0")] and cached[("score", "class_1")]
-    # the crash hit class_2's score stage: its adapted model survived, class_3 had not started
-    assert cached[("adapt", "class_2")] and not cached[("score", "class_2")] and not cached[("adapt", "class_3")]
+    cached = {(s["stage"], s["class"], s.get("budget")): s["cached"] for s in record["stages"]}
+    assert cached[("protect", None, None)] and cached[("adapt", "class_0", 1)] and cached[("score", "class_1", 2)]
+    # the crash hit class_2's first score stage: its adapted models survived, class_3 had not started
+    assert cached[("adapt", "class_2", 1)] and cached[("adapt", "class_2", 2)]
+    assert not cached[("score", "class_2", 1)] and not cached[("adapt", "class_3", 1)]
     assert len(store.records()) == 1
 
 

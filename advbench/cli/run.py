@@ -1,4 +1,9 @@
-"""``advbench run``: one cell, printed as an illegal/legal table."""
+"""``advbench run``: one cell, printed as an illegal/legal table, and a verdict against the undefended model.
+
+Unless ``--no-baseline`` (or the defense is ``none``), the undefended cell with the same attack, domain, seed
+and budgets runs too (or comes from the results file or the stage cache), so the command can say at every
+budget whether the defense helped: mitigation power, legal impact and the delay factor.
+"""
 
 from __future__ import annotations
 
@@ -22,27 +27,53 @@ DEFAULT_RESULTS = "results/runs.jsonl"
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--model", "model_path", default=None, help="Local model folder (default: the domain's model).")
 @click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="Results JSONL to append to.")
+@click.option("--budgets", default=None, metavar="B1,B2,...",
+              help="Attack steps to score at, e.g. 25,50,100,200 (the last is the attack's steps). "
+                   "Default: steps/8, /4, /2, steps.")
+@click.option("--no-baseline", is_flag=True, help="Do not run the undefended cell for the verdict.")
 @execution_options
 def run(defense, defense_args, attack, attack_args, domain, domain_args, threat_model, seed, model_path,
-        results, **execution):
-    """Run one cell: protect, attack each class, generate, score; print the illegal/legal table."""
-    from advbench.cells import Cell, PluginSpec
-    from advbench.cli.tables import print_record
+        results, budgets, no_baseline, **execution):
+    """Run one cell: protect, attack each class, generate, score; print the illegal/legal table and a verdict
+    against the undefended model."""
+    import time
+
+    from advbench.cells import Cell, PluginSpec, check_budgets
+    from advbench.cli.tables import print_record, print_verdict
     from advbench.params import parse_assignments
-    from advbench.results import ResultStore
+    from advbench.results import ResultStore, cell_id
     from advbench.runner import run_cell
 
-    cell = Cell(
-        PluginSpec("defense", defense, parse_assignments(defense_args, "--defense-arg")),
-        PluginSpec("attack", attack, parse_assignments(attack_args, "--attack-arg")),
-        PluginSpec("domain", domain, parse_assignments(domain_args, "--domain-arg")),
-        threat_model, seed, model_path)
+    attack_spec = PluginSpec("attack", attack, parse_assignments(attack_args, "--attack-arg"))
+    domain_spec = PluginSpec("domain", domain, parse_assignments(domain_args, "--domain-arg"))
+    budgets = check_budgets(budgets) if budgets is not None else None
+    cell = Cell(PluginSpec("defense", defense, parse_assignments(defense_args, "--defense-arg")),
+                attack_spec, domain_spec, threat_model, seed, model_path, budgets)
     cell.validate()
+    baseline = None
+    if not no_baseline and defense != "none":
+        baseline = Cell(PluginSpec("defense", "none"), cell.attack, domain_spec, threat_model, seed, model_path,
+                        cell.budgets)
+        baseline.validate()
     store = ResultStore(results)
     store.records()  # a corrupt results file is reported before any work
-    record = run_cell(cell, store, run_options(**execution))
+    options = run_options(**execution)
+    record = run_cell(cell, store, options)
     print_record(record)
     click.echo(f"result appended to {results} (cell {record['cell_id']})", err=True)
+    if baseline is None:
+        return
+    known = cell_id(baseline.to_json()) in store.finished_ids()
+    t0 = time.perf_counter()
+    base_record = run_cell(baseline, store, options)
+    seconds = time.perf_counter() - t0
+    if known:
+        source = f"taken from {results} ({seconds:.1f} s; it took {base_record['total_seconds']:.0f} s to compute)"
+    else:
+        cached = sum(s["cached"] for s in base_record["stages"])
+        source = f"{seconds:.1f} s, {cached} of {len(base_record['stages'])} stages from the stage cache"
+    click.echo(f"undefended baseline: {source}", err=True)
+    print_verdict(record, base_record)
 
 
 def attach(cli: click.Group) -> None:

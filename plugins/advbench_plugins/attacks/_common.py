@@ -1,4 +1,4 @@
-"""Shared pieces of the built-in attacks: freeze masks, LoRA adapters (peft), caption rewriting, batches.
+"""Shared pieces of the built-in attacks: freeze masks, LoRA adapters (peft), caption rewriting.
 
 LoRA follows diffusers' training examples: a ``peft.LoraConfig`` with Gaussian initialisation attached with
 ``add_adapter`` (``lora_B`` starts at zero, so the adapted model starts equal to the protected one). A compliant
@@ -101,6 +101,15 @@ def save_lora_file(folder: str | Path, unet: torch.nn.Module, text_encoder: torc
     return folder / LORA_FILE
 
 
+def merged_copy(model):
+    """A copy of ``model`` with its LoRA adapters merged (the adapted model at an anytime snapshot)."""
+    out = model.clone()
+    for module in (out.unet, out.text_encoder):
+        if getattr(module, "peft_config", None):
+            merge_lora(module)
+    return out
+
+
 def merge_lora(module: torch.nn.Module) -> None:
     """Merge every LoRA layer into its base weight and remove the peft wrappers (plain module, same keys)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -130,19 +139,3 @@ def with_captions(examples: list[Example], captions: list[str]) -> list[Example]
     return [Example(text=t, cls=e.cls, image=e.image, path=e.path) for e, t in zip(examples, captions)]
 
 
-class ShuffledBatches:
-    """Batches of ``(pixels, captions)`` drawn from seeded epoch permutations of one set of examples."""
-
-    def __init__(self, examples: list[Example], batch_size: int, resolution: int):
-        from advbench.data import examples_to_tensor
-
-        self.pixels = examples_to_tensor(examples, resolution)
-        self.captions = [e.text for e in examples]
-        self.batch_size = batch_size
-        self.queue: list[int] = []
-
-    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
-        while len(self.queue) < self.batch_size:
-            self.queue += torch.randperm(len(self.captions), generator=generator).tolist()
-        idx, self.queue = self.queue[:self.batch_size], self.queue[self.batch_size:]
-        return self.pixels[idx], [self.captions[i] for i in idx]

@@ -129,10 +129,34 @@ def class_images(model, prompts: list[str], ctx: Context, steps: int, guidance_s
     return [Example(text=t, cls="__class_prior__", image=im) for t, im in zip(cached_prompts, images)]
 
 
+class PairedBatches:
+    """Instance batches, each with a batch of class images when prior preservation is on (resumable state)."""
+
+    def __init__(self, instances, priors=None):
+        self.instances, self.priors = instances, priors
+
+    def __call__(self, step, generator):
+        pixels, captions = self.instances.draw(generator)
+        batch = {"pixel_values": pixels, "captions": captions}
+        if self.priors is not None:
+            batch["class_pixel_values"], batch["class_captions"] = self.priors.draw(generator)
+        return batch
+
+    def state_dict(self):
+        return {"instances": self.instances.state_dict(),
+                "priors": self.priors.state_dict() if self.priors is not None else None}
+
+    def load_state_dict(self, state):
+        self.instances.load_state_dict(state["instances"])
+        if self.priors is not None:
+            self.priors.load_state_dict(state["priors"])
+
+
 class DreamBooth(Attack):
     """DreamBooth: whole-UNet fine-tuning with an identifier token and prior preservation (honours freeze masks)."""
 
     constraints_understood = frozenset({"freeze_mask"})
+    anytime = True
     Params = DreamBoothParams
 
     def noun(self, data: AttackData) -> str:
@@ -145,10 +169,9 @@ class DreamBooth(Attack):
 
     def adapt(self, protected: ProtectedModel, data: AttackData, ctx: Context):
         from advbench.errors import DataError
-        from advbench.finetune import FinetuneConfig, finetune
+        from advbench.finetune import FinetuneConfig, SeededBatcher, finetune
 
-        from advbench_plugins.attacks._common import ShuffledBatches, frozen_unet_tensors, rewrite_caption, \
-            with_captions
+        from advbench_plugins.attacks._common import frozen_unet_tensors, rewrite_caption, with_captions
 
         p = self.params
         if not data.examples:
@@ -157,32 +180,32 @@ class DreamBooth(Attack):
         model = protected.model.clone()
         phrase = self.phrase(self.noun(data))
         instance = with_captions(data.examples, [rewrite_caption(e.text, data.cls, phrase) for e in data.examples])
-        instances = ShuffledBatches(instance, p.batch_size, model.resolution)
+        instances = SeededBatcher(instance, p.batch_size, model.resolution)
         priors = None
         if p.prior_preservation:
             prompts = class_prompts(data.examples, data.cls, self.noun(data), p.num_class_images)
             # Class images come from the model being attacked, before any fine-tuning (the paper's recipe).
-            priors = ShuffledBatches(class_images(model, prompts, ctx, p.class_sampling_steps,
-                                                  p.class_guidance_scale, p.class_cache_dir or None),
-                                     p.batch_size, model.resolution)
+            priors = SeededBatcher(class_images(model, prompts, ctx, p.class_sampling_steps,
+                                                p.class_guidance_scale, p.class_cache_dir or None),
+                                   p.batch_size, model.resolution)
+        rewrites = {**model.prompt_rewrites, data.cls: phrase}
 
-        def batches(step, generator):
-            pixels, captions = instances.draw(generator)
-            batch = {"pixel_values": pixels, "captions": captions}
-            if priors is not None:
-                batch["class_pixel_values"], batch["class_captions"] = priors.draw(generator)
-            return batch
+        def export(trained):
+            out = self.merged(trained)
+            out.prompt_rewrites = dict(rewrites)
+            return out
 
         trainable, engine_frozen = self.prepare(model, frozen, ctx)
         cfg = FinetuneConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                              mixed_precision=ctx.mixed_precision, gradient_checkpointing=p.gradient_checkpointing,
                              train_text_encoder=p.train_text_encoder and trainable is None)
-        result = finetune(model, batches, cfg, ctx, frozen=engine_frozen, trainable=trainable,
+        result = finetune(model, PairedBatches(instances, priors), cfg, ctx, frozen=engine_frozen,
+                          trainable=trainable, export=export,
                           loss_fn=lambda m, batch, step: dreambooth_loss(m, batch, p.prior_loss_weight))
         ctx.log(f"{self.name or 'dreambooth'}: {result.trainable_params} trainable parameters, "
                 f"{result.seconds_per_step:.3f} s/step, final loss {result.losses[-1]:.4f}")
         self.finish(model, ctx)
-        model.prompt_rewrites = {**model.prompt_rewrites, data.cls: phrase}
+        model.prompt_rewrites = rewrites
         return model
 
     def prepare(self, model, frozen: set[str], ctx: Context):
@@ -191,6 +214,10 @@ class DreamBooth(Attack):
 
     def finish(self, model, ctx: Context) -> None:
         """Post-training step (the LoRA variant saves and merges its adapters)."""
+
+    def merged(self, model):
+        """A copy of the training model as a plain model (the LoRA variant merges its adapters into it)."""
+        return model.clone()
 
 
 class DreamBoothLoRA(DreamBooth):
@@ -216,6 +243,11 @@ class DreamBoothLoRA(DreamBooth):
             params += add_lora(model.text_encoder, text_names, p.rank, p.alpha, p.dropout, ctx.seed + 1)
         # Frozen tensors stay untouched because no adapter wraps them; peft renamed the wrapped weights.
         return params, ()
+
+    def merged(self, model):
+        from advbench_plugins.attacks._common import merged_copy
+
+        return merged_copy(model)
 
     def finish(self, model, ctx: Context) -> None:
         from advbench_plugins.attacks._common import merge_lora, save_lora_file

@@ -34,6 +34,7 @@ class FullFineTune(Attack):
     """Full fine-tuning of all UNet tensors (honours a freeze mask when compliant)."""
 
     constraints_understood = frozenset({"freeze_mask"})
+    anytime = True
 
     @dataclass(frozen=True)
     class Params:

@@ -50,6 +50,7 @@ class Lora(Attack):
     """LoRA on the UNet's attention projections, merged into the returned model (honours freeze masks)."""
 
     constraints_understood = frozenset({"freeze_mask"})
+    anytime = True
 
     @dataclass(frozen=True)
     class Params(LoraParams):
@@ -68,7 +69,7 @@ class Lora(Attack):
         from advbench.finetune import FinetuneConfig, finetune
 
         from advbench_plugins.attacks._common import (add_lora, frozen_unet_tensors, lora_targets, merge_lora,
-                                                      save_lora_file)
+                                                      merged_copy, save_lora_file)
 
         p = self.params
         frozen = frozen_unet_tensors(self, protected, ctx)
@@ -77,7 +78,7 @@ class Lora(Attack):
         adapter = add_lora(model.unet, names, p.rank, p.alpha, p.dropout, ctx.seed)
         cfg = FinetuneConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                              mixed_precision=ctx.mixed_precision)
-        result = finetune(model, data.examples, cfg, ctx, trainable=adapter)
+        result = finetune(model, data.examples, cfg, ctx, trainable=adapter, export=merged_copy)
         ctx.log(f"lora: {len(names)} adapted modules, {result.trainable_params} trainable parameters, "
                 f"{result.seconds_per_step:.3f} s/step")
         if p.save_lora:

@@ -38,6 +38,7 @@ class TextualInversion(Attack):
     """Textual inversion: one new token embedding (a UNet freeze mask cannot limit it; it trains no UNet tensor)."""
 
     constraints_understood = frozenset({"freeze_mask"})
+    anytime = True
 
     @dataclass(frozen=True)
     class Params:
@@ -94,12 +95,19 @@ class TextualInversion(Attack):
         examples = with_captions(data.examples, [rewrite_caption(e.text, data.cls, phrase) for e in data.examples])
         cfg = FinetuneConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                              mixed_precision=ctx.mixed_precision)
+        rewrites = {**model.prompt_rewrites, data.cls: phrase}
+
+        def export(trained):
+            out = trained.clone()
+            out.prompt_rewrites = dict(rewrites)
+            return out
+
         handle = embeddings.register_hook(mask_grad)
         try:
-            result = finetune(model, examples, cfg, ctx, trainable=[embeddings], callback=restore)
+            result = finetune(model, examples, cfg, ctx, trainable=[embeddings], callback=restore, export=export)
         finally:
             handle.remove()
         ctx.log(f"textual-inversion: {len(tokens)} token(s) {phrase}, {result.seconds_per_step:.3f} s/step, "
                 f"final loss {result.losses[-1]:.4f}")
-        model.prompt_rewrites = {**model.prompt_rewrites, data.cls: phrase}
+        model.prompt_rewrites = rewrites
         return model
