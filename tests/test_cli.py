@@ -257,3 +257,11 @@ def test_tables_show_bracketed_labels_verbatim():
     console.print(cells_table([{"defense": "R[p=0.3]", "attack": "fullft[steps=100]", "seed": 0}], "t"))
     text = console.export_text()
     assert "fullft[steps=100]" in text and "R[p=0.3]" in text
+
+
+@pytest.mark.parametrize("args", [["show", "attack", "fullft"], ["show", "defense", "freezeasguard"], ["list"]])
+def test_show_and_list_fit_80_columns_without_cutting(runner, args, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    out = invoke(runner, *args)
+    assert out.exit_code == 0, out.output
+    assert "…" not in out.output and max(len(line) for line in out.output.splitlines()) <= 80

@@ -19,9 +19,9 @@ def list_plugins(kind):
     console = Console()
     for k in [kind] if kind else KINDS:
         table = Table(title=f"{k}s", title_justify="left")
-        table.add_column("name", style="bold")
-        table.add_column("plugin")
-        table.add_column("description")
+        table.add_column("name", style="bold", overflow="fold")
+        table.add_column("plugin", overflow="fold")
+        table.add_column("description", overflow="fold")
         for entry in registry(k).entries():
             table.add_row(entry.name, entry.source, entry.description)
         console.print(table)
@@ -59,7 +59,7 @@ def show(kind, name):
         return
     table = Table(title="parameters", title_justify="left")
     for col in ("name", "type", "default", "help"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # long names wrap; nothing is cut with "…"
     for row in rows:
         table.add_row(row["name"], row["type"], row["default"], row["help"])
     console.print(table)

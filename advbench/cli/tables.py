@@ -22,11 +22,11 @@ def print_record(record: dict[str, Any], console: Console | None = None) -> None
     cell = record["cell"]
     table = Table(title=escape(f"{cell['domain']['name']}: {cell['defense']['label']} vs {cell['attack']['label']} "
                                f"({cell['threat_model']}, seed {cell['seed']})"))
-    table.add_column("class")
-    table.add_column("role")
+    table.add_column("class", overflow="fold")
+    table.add_column("role", overflow="fold")
     for n in names:
         table.add_column(f"{n} {_arrow(metrics, n)}{' (primary)' if n == metrics['primary'] else ''}",
-                         justify="right")
+                         justify="right", overflow="fold")
     for role in ("illegal", "legal"):
         for cls, row in metrics["classes"].items():
             if row["role"] == role:
@@ -40,7 +40,7 @@ def print_record(record: dict[str, Any], console: Console | None = None) -> None
         primary = metrics["primary"]
         steps = Table(title=escape(f"{primary} {_arrow(metrics, primary)} at each attack budget"))
         for col in ("steps", "illegal", "legal"):
-            steps.add_column(col, justify="right")
+            steps.add_column(col, justify="right", overflow="fold")
         for point in curve:
             steps.add_row(str(point["budget"]), _fmt(point["illegal"].get(primary, "")),
                           _fmt(point["legal"].get(primary, "")))
@@ -66,7 +66,7 @@ def print_verdict(record: dict[str, Any], baseline: dict[str, Any], console: Con
     table = Table(title=escape(f"Verdict: {record['cell']['defense']['label']} against no defense, "
                                f"{primary} {_arrow(record['metrics'], primary)}"))
     for col in ("steps", "illegal", "no def.", "legal", "no def.", "MP ↑", "LI →0"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", overflow="fold")
     for row in verdict["rows"]:
         table.add_row(*[_fmt(row[k]) if row[k] is not None else "-" for k in
                         ("budget", "illegal", "baseline_illegal", "legal", "baseline_legal", "mitigation_power",
@@ -93,7 +93,7 @@ def cells_table(rows: list[dict[str, Any]], title: str) -> Table:
     """A table of finished cells for ``advbench bench``'s live display."""
     table = Table(title=title)
     for col in ("domain", "defense", "attack", "threat", "seed", "illegal", "legal", "seconds", "status"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # long names wrap; nothing is cut with "…"
     for row in rows:
         table.add_row(*[_fmt(row.get(k, "")) for k in
                         ("domain", "defense", "attack", "threat", "seed", "illegal", "legal", "seconds", "status")])
