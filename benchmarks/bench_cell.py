@@ -1,6 +1,10 @@
 """Time one benchmark cell, stage by stage: cold (empty cache), then with the protected model cached.
 
     python benchmarks/bench_cell.py [--defense random] [--attack fullft] [--domain portraits] [--threads 2]
+    python benchmarks/bench_cell.py --anytime     # a 4-budget cell against a 1-budget cell of the same steps
+
+With ``--anytime`` it runs, each in an empty cache, the cell scored at steps/8, /4, /2 and steps, and the cell
+scored at steps only, and prints their cost ratio (issue 13's target: at most 1.3).
 
 Prints a table (seconds and peak memory per stage) and the totals. Run it alone: two processes sharing the
 two cores slow each other down 4-5x. Record the numbers in docs/benchmarks.md.
@@ -46,14 +50,29 @@ def main() -> None:
     parser.add_argument("--attack-arg", action="append", default=[])
     parser.add_argument("--domain", default="portraits")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--anytime", action="store_true", help="compare a 4-budget cell with a 1-budget cell")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     console = Console()
 
-    def cell(attack_args):
+    def cell(attack_args, budgets=None):
         return Cell(PluginSpec("defense", args.defense, parse_assignments(args.defense_arg, "--defense-arg")),
                     PluginSpec("attack", args.attack, attack_args),
-                    PluginSpec("domain", args.domain), "compliant", 0)
+                    PluginSpec("domain", args.domain), "compliant", 0, budgets=budgets)
+
+    if args.anytime:
+        attack_args = parse_assignments(args.attack_arg, "--attack-arg")
+        ladder = cell(attack_args).resolved_budgets()
+        records = {}
+        for name, budgets in (("1 budget", ladder[-1:]), (f"{len(ladder)} budgets", ladder)):
+            with tempfile.TemporaryDirectory() as cache:
+                records[name] = run_cell(cell(attack_args, budgets), None, RunOptions(cache_dir=cache, progress=False))
+            console.print(_table(f"{name} {list(budgets)}, cold ({torch.get_num_threads()} threads)", records[name]))
+        one, many = records.values()
+        adapt = [sum(s["seconds"] for s in r["stages"] if s["stage"] == "adapt") for r in (one, many)]
+        console.print(f"cost of {len(ladder)} budgets / 1 budget: total {many['total_seconds'] / one['total_seconds']:.2f}x"
+                      f", adapt stage {adapt[1] / adapt[0]:.2f}x (target: total <= 1.3x)")
+        return
 
     with tempfile.TemporaryDirectory() as cache:
         options = RunOptions(cache_dir=cache, progress=False)

@@ -168,3 +168,40 @@ def test_results_module_does_not_import_torch():
     code = "import sys, advbench.results, advbench.leaderboard; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def v2_record():
+    """A schema-2 record built by the runner's record builder: two budgets of one illegal and one legal class."""
+    cell = {"defense": {"name": "none", "params": {}, "label": "none"},
+            "attack": {"name": "fullft", "params": {"steps": 4}, "label": "fullft"},
+            "domain": {"name": "toy", "params": {}}, "model": "default:toy", "threat_model": "compliant", "seed": 0,
+            "budgets": [2, 4]}
+    curve = [(b, {"a": {"role": "illegal", "values": {"dist": d}}, "b": {"role": "legal", "values": {"dist": d + 1}}})
+             for b, d in ((2, 0.5), (4, 0.25))]
+    return results.build_record(cell, curve, "dist", {"dist": False},
+                                {"budget_param": "steps", "exact": True, "note": ""}, defense_info={}, stages=[],
+                                total_seconds=1.0, provenance={}, started_at="t0", finished_at="t1")
+
+
+def test_schema_2_record_holds_the_curve_and_its_last_point():
+    rec = v2_record()
+    assert rec["schema_version"] == 2 and rec["cell_id"] == cell_id(rec["cell"])
+    assert [p["budget"] for p in rec["metrics"]["curve"]] == [2, 4]
+    assert rec["metrics"]["illegal"] == {"dist": 0.25} and rec["metrics"]["legal"] == {"dist": 1.25}
+    validate_record(json.loads(json.dumps(rec)))
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda r: r["metrics"]["curve"].pop(0), "must be the cell's budgets"),
+    (lambda r: r["cell"].update(budgets=[4, 2]), "cell.budgets must be an increasing list"),
+    (lambda r: r["metrics"].update(illegal={"dist": 0.5}), "must equal the last point"),
+    (lambda r: r.pop("anytime"), "missing keys: anytime"),
+    (lambda r: r["anytime"].update(exact="yes"), "anytime must be an object"),
+    (lambda r: r["stages"].append({"stage": "adapt", "class": "a", "key": "k", "seconds": 1, "peak_memory_mb": 1,
+                                   "cached": False, "budget": "2"}), "budget must be an integer"),
+])
+def test_schema_2_validation_names_the_problem(corrupt, message):
+    rec = v2_record()
+    corrupt(rec)
+    with pytest.raises(ValueError, match=message):
+        validate_record(rec)
