@@ -94,12 +94,23 @@ def record_curve(record: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def record_before(record: dict[str, Any]) -> dict[str, float | None]:
+    """``{"illegal": v, "legal": v}``: the primary metric on the protected model before any attack (the curve's
+    budget 0, ``metrics["before"]``), None for a role the record does not have it for (schema 1, no budgets)."""
+    metrics = record["metrics"]
+    before = metrics.get("before") or {}
+    return {role: before.get(role, {}).get(metrics["primary"]) for role in ("illegal", "legal")}
+
+
 def reference_budget(budgets: Sequence[float], values: Sequence[float], higher_is_better: bool,
-                     tolerance: float = TOLERANCE) -> float:
+                     tolerance: float = TOLERANCE, start: float | None = None) -> float:
     """The smallest budget at which the (undefended) curve is within ``tolerance`` of its best value.
 
-    Best is the maximum when ``higher_is_better``, else the minimum; "within" means
-    ``|v − best| <= tolerance·|best|`` (up to float rounding). Values must be finite (else :class:`DataError`).
+    Best is the maximum when ``higher_is_better``, else the minimum. When ``start`` (the value before any
+    attack, budget 0) is known, "within" means the attacker has covered all but ``tolerance`` of the way from
+    ``start`` to its best: ``|v − best| <= tolerance·|start − best|``; without it (records that carry no
+    before-attack value) ``|v − best| <= tolerance·|best|``. Both up to float rounding. Values must be finite
+    (else :class:`DataError`).
     """
     if not tolerance >= 0:
         raise UserError(f"tolerance must be a non-negative number, got {tolerance}")
@@ -109,7 +120,8 @@ def reference_budget(budgets: Sequence[float], values: Sequence[float], higher_i
     if not all(math.isfinite(v) for v in values):
         raise DataError(f"the undefended curve has a missing value: {list(values)}")
     best = max(values) if higher_is_better else min(values)
-    slack = tolerance * abs(best) * (1 + 1e-9) + 1e-15
+    scale = abs(start - best) if start is not None and math.isfinite(start) else abs(best)
+    slack = tolerance * scale * (1 + 1e-9) + 1e-15
     return next(b for b, v in zip(budgets, values) if abs(v - best) <= slack)
 
 
@@ -135,11 +147,11 @@ def _shared(budgets: Sequence[float] | None, *curves: Values) -> tuple[list[floa
 
 
 def delay_factor(budgets: Sequence[float] | None, undefended: Values, defended: Values, higher_is_better: bool,
-                 ref_budget: float | None = None, tolerance: float = TOLERANCE) -> Delay:
+                 ref_budget: float | None = None, tolerance: float = TOLERANCE, start: float | None = None) -> Delay:
     """How many times the reference budget the defended curve needs to reach the undefended quality.
 
     ``target`` is the undefended value at ``ref_budget`` (default: :func:`reference_budget` of the undefended
-    curve). The first budget where the defended value reaches it (``<= target`` when lower is better, ``>=`` when
+    curve, with the undefended before-attack value ``start`` when known). The first budget where the defended value reaches it (``<= target`` when lower is better, ``>=`` when
     higher is) is found, with linear interpolation of the value against ``log(budget)`` between the previous budget
     (not reaching) and that one; value = that budget / ``ref_budget``, bound ``=``. Reached already at the first
     budget ``b1``: ``b1/ref``, bound ``<=``. Never reached: ``B_max/ref``, bound ``>``.
@@ -151,7 +163,7 @@ def delay_factor(budgets: Sequence[float] | None, undefended: Values, defended: 
     shared, (undef, defd) = _shared(budgets, undefended, defended)
     if not shared or not all(math.isfinite(v) for v in undef + defd):
         return UNDEFINED
-    ref = reference_budget(shared, undef, higher_is_better, tolerance) if ref_budget is None else ref_budget
+    ref = reference_budget(shared, undef, higher_is_better, tolerance, start) if ref_budget is None else ref_budget
     if ref not in shared:
         raise UserError(f"ref_budget {ref} is not one of the shared budgets {shared}")
     target = undef[shared.index(ref)]
@@ -230,19 +242,20 @@ def format_delay(d: Bounded) -> str:
 
 def curve_summary(budgets: Sequence[float] | None, undefended_illegal: Values, defended_illegal: Values,
                   undefended_legal: Values, defended_legal: Values, higher_is_better: bool,
-                  tolerance: float = TOLERANCE) -> dict[str, Any]:
+                  tolerance: float = TOLERANCE, starts: Mapping[str, float | None] | None = None) -> dict[str, Any]:
     """Delays and selectivity of a defended curve against the undefended one (both roles, one metric).
 
     Returns ``{"ref_budget", "legal_ref_budget", "illegal_delay", "legal_delay", "selectivity"}``; each role uses
-    its own reference budget. With fewer than two shared budgets everything is undefined (NaN / bound ``""``):
+    its own reference budget, from the undefended before-attack value ``starts[role]`` when given (see
+    :func:`reference_budget`). With fewer than two shared budgets everything is undefined (NaN / bound ``""``):
     a single budget says nothing about a delay.
     """
     delays = {}
     for role, undef, defd in (("illegal", undefended_illegal, defended_illegal),
                               ("legal", undefended_legal, defended_legal)):
         shared, _ = _shared(budgets, undef, defd)
-        delays[role] = (delay_factor(budgets, undef, defd, higher_is_better, tolerance=tolerance)
-                        if len(shared) > 1 else UNDEFINED)
+        delays[role] = (delay_factor(budgets, undef, defd, higher_is_better, tolerance=tolerance,
+                                     start=(starts or {}).get(role)) if len(shared) > 1 else UNDEFINED)
     ill, leg = delays["illegal"], delays["legal"]
     return {"ref_budget": NAN if ill.ref_budget is None else ill.ref_budget,
             "legal_ref_budget": NAN if leg.ref_budget is None else leg.ref_budget,
@@ -284,7 +297,8 @@ def compare_to_baseline(record: dict[str, Any], baseline_record: dict[str, Any],
            "exact": record.get("anytime", {}).get("exact")}
     if len(budgets) > 1:
         out.update(curve_summary(budgets, [r["baseline_illegal"] for r in rows], [r["illegal"] for r in rows],
-                                 [r["baseline_legal"] for r in rows], [r["legal"] for r in rows], hib, tolerance))
+                                 [r["baseline_legal"] for r in rows], [r["legal"] for r in rows], hib, tolerance,
+                                 record_before(baseline_record)))
     else:
         out.update({"ref_budget": NAN, "legal_ref_budget": NAN, "illegal_delay": UNDEFINED, "legal_delay": UNDEFINED,
                     "selectivity": Bounded(NAN, "")})

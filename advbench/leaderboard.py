@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from advbench.curves import Bounded, curve_summary, format_delay, mp_auc, record_curve, relative_degradation
+from advbench.curves import (Bounded, curve_summary, format_delay, mp_auc, record_before, record_curve,
+                             relative_degradation)
 from advbench.errors import DataError, UserError
 
 KEYS = ["domain", "defense", "attack", "threat_model"]
@@ -175,8 +176,12 @@ def _curve_columns(key: tuple, items: list[dict[str, Any]], base_items: list[dic
             row[f"{name}_mean"], row[f"{name}_std"] = _mean_std([item["curve"][i][column] for item in items])
     defended = items[0]["record"]["cell"]["defense"]["name"] != BASELINE
     if defended and base_items and len(budgets) > 1:
+        starts = [record_before(i["record"]) for i in base_items]
+        start = {role: float(np.mean(v)) if None not in (v := [s[role] for s in starts]) else None
+                 for role in ROLES}
         summary = curve_summary(None, _seed_mean(base_items, "illegal"), _seed_mean(items, "illegal"),
-                                _seed_mean(base_items, "legal"), _seed_mean(items, "legal"), higher_is_better)
+                                _seed_mean(base_items, "legal"), _seed_mean(items, "legal"), higher_is_better,
+                                starts=start)
     else:
         summary = curve_summary(None, {}, {}, {}, {}, higher_is_better)  # everything undefined
     row["ref_budget"], row["legal_ref_budget"] = summary["ref_budget"], summary["legal_ref_budget"]

@@ -111,6 +111,8 @@ def _check_metrics(metrics: Any, version: int, budgets: list[int] | None) -> Non
     _require(got == want, f"metrics.curve budgets {got} must be the cell's budgets {want}")
     _require(all(curve[-1][k] == metrics[k] for k in ("classes", *ROLES)),
              "metrics.classes/illegal/legal must equal the last point of metrics.curve")
+    if "before" in metrics:
+        _check_point(metrics["before"], hib, "metrics.before")
 
 
 def _check_stages(stages: Any) -> None:
@@ -177,15 +179,18 @@ def summarize_classes(classes: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_record(cell: dict[str, Any], curve: list[tuple[int | None, dict[str, dict[str, Any]]]], primary: str,
-                 higher_is_better: dict[str, bool], anytime: dict[str, Any], **rest: Any) -> dict[str, Any]:
-    """A schema-2 record: ``curve`` is ``[(budget, {class: {"role", "values"}})]`` in budget order; ``rest`` holds
-    ``defense_info``, ``stages``, ``total_seconds``, ``provenance``, ``started_at`` and ``finished_at``.
+                 higher_is_better: dict[str, bool], anytime: dict[str, Any],
+                 before: dict[str, dict[str, Any]] | None = None, **rest: Any) -> dict[str, Any]:
+    """A schema-2 record: ``curve`` is ``[(budget, {class: {"role", "values"}})]`` in budget order, ``before`` the
+    same classes scored on the protected model before any attack (or None); ``rest`` holds ``defense_info``,
+    ``stages``, ``total_seconds``, ``provenance``, ``started_at`` and ``finished_at``.
 
     ``metrics.classes/illegal/legal`` are the last point (the whole attack), as in schema 1.
     """
     points = [{"budget": budget, **summarize_classes(classes)} for budget, classes in curve]
     metrics = {"primary": primary, "higher_is_better": higher_is_better,
-               **{k: points[-1][k] for k in ("classes", *ROLES)}, "curve": points}
+               **{k: points[-1][k] for k in ("classes", *ROLES)}, "curve": points,
+               **({"before": summarize_classes(before)} if before else {})}
     record = {"schema_version": SCHEMA_VERSION, "cell_id": cell_id(cell), "config_hash": config_hash(cell),
               "cell": cell, "metrics": metrics, "anytime": anytime, **rest}
     validate_record(record)

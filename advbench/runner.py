@@ -216,17 +216,18 @@ def _resume_state(run: _CellRun, keys: dict, budgets: list, todo: list) -> dict[
     return None
 
 
-def generate_stage(run: _CellRun, adapt_dir: Path, adapt_key: str, cls: str, budget: int | None) -> tuple[Path, str]:
-    """Images of the class's evaluation prompts from the adapted model at one budget."""
+def generate_stage(run: _CellRun, model_dir: Path, source: dict[str, str], cls: str, budget: int | None
+                   ) -> tuple[Path, str]:
+    """Images of the class's evaluation prompts from the model in ``model_dir``: the adapted model at one budget
+    (``source = {"adapt": its key}``), or the protected model before any attack (``{"protected": its key}``)."""
     from advbench.model import Model
     from advbench.sampling import generate
 
     prompts = list(run.domain.prompts(cls))
-    key = run.key("generate", {"adapt": adapt_key, "prompts": prompts, "sampling": run.sampling.__dict__,
-                               "seed": run.cell.seed})
+    key = run.key("generate", {**source, "prompts": prompts, "sampling": run.sampling.__dict__, "seed": run.cell.seed})
 
     def build(folder: Path) -> None:
-        images = generate(Model.load(adapt_dir / "model"), prompts, run.sampling, run.context(folder))
+        images = generate(Model.load(model_dir), prompts, run.sampling, run.context(folder))
         per_prompt = len(images) // len(prompts)
         _save_images(folder, images, [p for p in prompts for _ in range(per_prompt)])
 
@@ -268,13 +269,18 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
     run = _CellRun(cell, options, StageCache(options.cache_dir, enabled=options.use_cache))
     protected, protect_key = protect_stage(run)
     curve: dict[int | None, dict[str, Any]] = {b: {} for b in (run.budgets or [None])}
+    before: dict[str, Any] = {}
     for role, cls in run.classes():
+        if run.budgets:  # the curve's start: the protected model before any attack (shared by every attack)
+            gen_dir, gen_key = generate_stage(run, run.cache.path("protect", protect_key) / "model",
+                                              {"protected": protect_key}, cls, 0)
+            before[cls] = {"role": role, "values": score_stage(run, gen_dir, gen_key, cls, 0)}
         for budget, adapt_dir, adapt_key in adapt_stage(run, protected, protect_key, role, cls):
-            gen_dir, gen_key = generate_stage(run, adapt_dir, adapt_key, cls, budget)
+            gen_dir, gen_key = generate_stage(run, adapt_dir / "model", {"adapt": adapt_key}, cls, budget)
             curve[budget][cls] = {"role": role, "values": score_stage(run, gen_dir, gen_key, cls, budget)}
     record = build_record(
         run.json, list(curve.items()), run.domain.primary_metric,
-        {n: bool(m.higher_is_better) for n, m in run.metrics.items()}, _anytime_facts(run),
+        {n: bool(m.higher_is_better) for n, m in run.metrics.items()}, _anytime_facts(run), before or None,
         defense_info=protected.info, stages=run.stages, total_seconds=round(time.perf_counter() - t0, 3),
         provenance=provenance(options.device, extra={**_provenance_extra(cell), "model_fingerprint": run.model_fp,
                                                      "metric_fingerprints": run.metric_fps}),

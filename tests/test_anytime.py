@@ -85,7 +85,7 @@ def test_one_training_run_per_class(toy, tmp_path, monkeypatch):
     record = run(cell(budgets=(1, 2, 3)), tmp_path)
     assert calls == [3, 3, 3, 3]  # four classes, each trained once to the last budget
     generated = [(s["class"], s["budget"]) for s in record["stages"] if s["stage"] == "generate"]
-    assert len(generated) == 12 and len(set(generated)) == 12
+    assert len(generated) == 16 and len(set(generated)) == 16  # budgets 0 (before the attack), 1, 2, 3
     # the training states exist only while a class is being trained
     assert not list((tmp_path / "adapt").glob("*/train_state.pt"))
 
@@ -196,6 +196,18 @@ def test_sigkill_between_budgets_resumes_without_redoing_them(tmp_path):
     assert not adapt[("class_1", 3)]["cached"] and not adapt[("class_1", 4)]["cached"]
     assert adapt[("class_1", 3)]["resumed_from"] == 2  # training went on from budget 2, not from step 0
     scored = [s for s in b["stages"] if s["stage"] == "score" and s["class"] == "class_0"]
-    assert len(scored) == 4 and all(s["cached"] for s in scored)  # each budget scored once, before the kill
+    assert len(scored) == 5 and all(s["cached"] for s in scored)  # budgets 0-4 each scored once, before the kill
     assert not list((tmp_path / "cache" / "adapt").glob("*/train_state.pt"))
     assert json.loads((tmp_path / "killed.jsonl").read_text())["cell_id"] == a["cell_id"]
+
+
+def test_before_attack_point_is_scored_once_per_protected_model(toy, tmp_path):
+    first = run(cell(budgets=(1, 2), defense="random"), tmp_path)
+    other = run(cell("lora", budgets=(1, 2), defense="random"), tmp_path)
+    before = [s for s in first["stages"] if s.get("budget") == 0]
+    assert [s["stage"] for s in before] == ["generate", "score"] * 4 and not any(s["cached"] for s in before)
+    # another attack on the same protected model starts from the same images: taken from the cache
+    assert all(s["cached"] for s in other["stages"] if s.get("budget") == 0)
+    assert first["metrics"]["before"] == other["metrics"]["before"]
+    assert set(first["metrics"]["before"]["classes"]) == {"class_0", "class_1", "class_2", "class_3"}
+    assert first["metrics"]["before"]["illegal"] != first["metrics"]["illegal"]

@@ -44,13 +44,13 @@ def test_second_run_takes_the_undefended_cell_from_results_or_cache(runner, tmp_
     common = ["--attack", "fullft", "--attack-arg", "steps=2", "--attack-arg", "batch_size=2", "--domain", "toy",
               "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--quiet"]
     first = invoke(runner, "run", "--defense", "random", "--results", str(tmp_path / "a.jsonl"), *common)
-    assert first.exit_code == 0 and "0 of 25 stages from the stage cache" in first.output, first.output
+    assert first.exit_code == 0 and "0 of 33 stages from the stage cache" in first.output, first.output
     again = invoke(runner, "run", "--defense", "random", "--defense-arg", "p=0.6", "--results",
                    str(tmp_path / "a.jsonl"), *common)
     assert f"taken from {tmp_path / 'a.jsonl'}" in again.output
     fresh = invoke(runner, "run", "--defense", "random", "--defense-arg", "p=0.6", "--results",
                    str(tmp_path / "b.jsonl"), *common)
-    assert "25 of 25 stages from the stage cache" in fresh.output, fresh.output
+    assert "33 of 33 stages from the stage cache" in fresh.output, fresh.output
     alone = invoke(runner, "run", "--defense", "random", "--no-baseline", "--results", str(tmp_path / "c.jsonl"),
                    *common)
     assert "Verdict" not in alone.output and len((tmp_path / "c.jsonl").read_text().splitlines()) == 1

@@ -382,3 +382,15 @@ def test_cli_plot_writes_curves_not_budget_png(tmp_path, monkeypatch):
     assert _is_png(tmp_path / "lb" / "toy-curves.png") and _is_png(tmp_path / "lb" / "toy.png")
     assert not (tmp_path / "lb" / "toy-budget.png").exists()
     assert "| > 4 |" in (tmp_path / "lb" / "toy.md").read_text()
+
+
+def test_reference_budget_uses_the_way_from_the_before_attack_value():
+    from advbench.curves import reference_budget
+
+    budgets, undefended = [10, 20, 40, 80], [0.60, 0.30, 0.14, 0.10]
+    # hand-computed (docs/definitions.md): 5 % of the way from 1.0 to 0.10 is 0.045 and |0.14 - 0.10| = 0.04
+    # meets it; 5 % of the best value is 0.005, which only 0.10 itself meets
+    assert reference_budget(budgets, undefended, False, start=1.0) == 40
+    assert reference_budget(budgets, undefended, False) == 80
+    # higher is better: from 0.0 to 0.82, 5 % of the way is 0.041; 0.80 is within it, 0.50 is not
+    assert reference_budget(budgets, [0.2, 0.5, 0.8, 0.82], True, start=0.0) == 40

@@ -43,7 +43,8 @@ def test_cell_end_to_end_record(toy, tmp_path):
     assert stages[0] == ("protect", None)
     # steps=2 gives the default budgets 1 and 2: one attack run, two snapshots, generated and scored each
     assert record["cell"]["budgets"] == [1, 2] and [p["budget"] for p in metrics["curve"]] == [1, 2]
-    assert stages.count(("adapt", "class_3")) == 2 and len(stages) == 1 + 4 * 2 * 3
+    # per class: 2 adapt stages, generate and score at budgets 0 (before the attack), 1 and 2
+    assert stages.count(("adapt", "class_3")) == 2 and len(stages) == 1 + 4 * (2 + 3 * 2)
     assert metrics["curve"][-1]["illegal"] == metrics["illegal"]
     assert record["defense_info"]["frozen_tensors"] > 0
     assert record["cell"]["defense"]["params"] == {"p": 0.5, "unit": "tensors"}
@@ -60,7 +61,8 @@ def test_protect_stage_is_shared_between_attacks(toy, tmp_path):
     assert first["stages"][0]["cached"] is False
     assert second["stages"][0]["cached"] is True
     assert second["stages"][0]["key"] == first["stages"][0]["key"]
-    assert all(not s["cached"] for s in second["stages"][1:])
+    # the before-attack images (budget 0) come from the protected model, so they are shared too
+    assert all(s["cached"] == (s.get("budget") == 0) for s in second["stages"][1:])
 
 
 def test_killed_run_resumes_from_cache(toy, tmp_path, monkeypatch):
@@ -70,7 +72,7 @@ def test_killed_run_resumes_from_cache(toy, tmp_path, monkeypatch):
 
     def crash_once(self, *a, **kw):
         calls["n"] += 1
-        if calls["n"] == 5:  # two budgets per class: class_2's first score
+        if calls["n"] == 8:  # budgets 0 (before the attack), 1 and 2 per class: class_2 at budget 1
             raise KeyboardInterrupt
         return real(self, *a, **kw)
 
@@ -83,7 +85,7 @@ def test_killed_run_resumes_from_cache(toy, tmp_path, monkeypatch):
     assert cached[("protect", None, None)] and cached[("adapt", "class_0", 1)] and cached[("score", "class_1", 2)]
     # the crash hit class_2's first score stage: its adapted models survived, class_3 had not started
     assert cached[("adapt", "class_2", 1)] and cached[("adapt", "class_2", 2)]
-    assert not cached[("score", "class_2", 1)] and not cached[("adapt", "class_3", 1)]
+    assert cached[("score", "class_2", 0)] and not cached[("score", "class_2", 1)] and not cached[("adapt", "class_3", 1)]
     assert len(store.records()) == 1
 
 
