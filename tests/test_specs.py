@@ -4,13 +4,14 @@ from pathlib import Path
 
 import pytest
 
+from advbench.errors import UserError
 from advbench.spec import load_spec
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.toml"))
 
 
 def test_there_are_specs():
-    assert {p.stem for p in SPECS} >= {"ci", "freezeasguard", "attacks", "budget"}
+    assert {p.stem for p in SPECS} >= {"ci", "freezeasguard", "attacks", "calibration"}
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
@@ -25,3 +26,44 @@ def test_sweep_expands_labels():
     labels = {c.defense.display_label() for c in spec.cells}
     assert labels == {"none", "R[p=0.1]", "R[p=0.3]", "R[p=0.5]", "FG[p=0.1]", "FG[p=0.3]", "FG[p=0.5]"}
     assert len(spec.cells) == 3 * 7 * 1 * 3
+
+
+def test_spec_budgets_apply_to_anytime_attacks_and_entries_override(tmp_path):
+    spec = tmp_path / "b.toml"
+    spec.write_text('''
+budgets = [50, 100, 200]
+[[domains]]
+name = "portraits"
+[[defenses]]
+name = "none"
+[[attacks]]
+name = "fullft"
+[[attacks]]
+name = "lora"
+budgets = [25, 100]
+[[attacks]]
+name = "no-attack"
+''')
+    cells = {c.attack.name: c for c in load_spec(spec).cells}
+    assert cells["fullft"].resolved_budgets() == (50, 100, 200)
+    assert cells["lora"].resolved_budgets() == (25, 100) and cells["lora"].attack.params["steps"] == 100
+    assert cells["no-attack"].resolved_budgets() is None and "budgets" not in cells["no-attack"].to_json()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('budgets = [200, 100]', "increasing positive integers"),
+    ('budgets = [50, 100]', "the spec's budgets end at 100 but attack 'fullft(steps=200)' has steps = 200"),
+])
+def test_spec_budget_errors(tmp_path, text, message):
+    spec = tmp_path / "b.toml"
+    spec.write_text(text + '''
+[[domains]]
+name = "portraits"
+[[defenses]]
+name = "none"
+[[attacks]]
+name = "fullft"
+params = { steps = 200 }
+''')
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_spec(spec)

@@ -27,7 +27,7 @@ Tiny-world defaults versus the paper (SD 1.5; Appendix B and the official ``run_
 | sparsity weight γ | not given (official code: 5e3) | 10 | mean m reaches p in ~5 steps; 5e3 saturates m |
 | w init | small negative (official: U(0, 1)) | −0.4 ± 0.01 % (m ≈ 0.12) | jitter below the loss signal |
 | λ₁, λ₂ | from the data amounts (official: ½, ½) | n_illegal/n, n_legal/n | balanced data gives ½, ½ |
-| θ_ft | full fine-tune to convergence | 60 Adam steps, lr 5e-4, batch 8 | the attacker's own settings |
+| θ_ft | full fine-tune to convergence | 60 Adam steps, lr 5e-4, batch 8 | converges in 60 steps (the attacker's default was 5e-4 until issue 13; it is 1e-4 now) |
 """
 
 from __future__ import annotations

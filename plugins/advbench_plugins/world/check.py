@@ -53,6 +53,11 @@ def _fmt(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
+# The attacker of the world check (docs/world-check.md): fullft at lr 5e-4, the benchmark's default when the
+# check was run; the benchmark's fullft default is now 1e-4 (issue 13's calibration), the check keeps its protocol.
+CHECK_ATTACK = {"lr": 5e-4}
+
+
 def domain_check(domain: str, seeds: int, n_classes: int, steps: int | None, log: Callable[[str], None]) -> dict:
     """Before/after recognition and primary metric of ``n_classes`` illegal + ``n_classes`` legal classes."""
     from advbench import plugins
@@ -62,7 +67,7 @@ def domain_check(domain: str, seeds: int, n_classes: int, steps: int | None, log
     from advbench.sampling import SamplingConfig, generate
 
     dom = PluginSpec("domain", domain, {"n_illegal": n_classes, "n_legal": n_classes}).build()
-    attack = PluginSpec("attack", "fullft", {"steps": steps} if steps else {}).build()
+    attack = PluginSpec("attack", "fullft", {**CHECK_ATTACK, **({"steps": steps} if steps else {})}).build()
     kind, rec_name = RECOGNITION[domain]
     primary = dom.primary_metric
     metrics = {n: PluginSpec("metric", n, {}).build() for n in (primary, rec_name)}
@@ -177,7 +182,7 @@ def write_samples(domains, out: Path, steps: int | None = None, threads: int = 2
     for domain in domains:
         dom = PluginSpec("domain", domain, {"n_illegal": n_classes, "n_legal": n_classes,
                                             "images_per_prompt": 3}).build()
-        attack = PluginSpec("attack", "fullft", {"steps": steps} if steps else {}).build()
+        attack = PluginSpec("attack", "fullft", {**CHECK_ATTACK, **({"steps": steps} if steps else {})}).build()
         base = dom.base_model()
         sampling = SamplingConfig(**dom.sampling())
         classes = dom.illegal_classes() + dom.legal_classes()
