@@ -19,10 +19,14 @@ CACHE_ENV = "ADVBENCH_CACHE"
 DEFAULT_DIR = ".advbench_cache"
 
 
+def canonical_json(obj: Any) -> str:
+    """The one canonical JSON form hashed everywhere: sorted keys, no whitespace, no NaN/inf, other objects as str."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
+
+
 def stable_hash(obj: Any) -> str:
-    """sha256 of the canonical JSON form of ``obj`` (sorted keys, no whitespace)."""
-    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(data).hexdigest()
+    """sha256 (hex) of :func:`canonical_json` of ``obj``: stage keys, cell ids and config hashes."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
 def default_cache_dir() -> Path:

@@ -13,7 +13,6 @@ This module never imports torch: package versions come from ``importlib.metadata
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import math
@@ -26,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from advbench.cache import stable_hash
 from advbench.errors import DataError
 
 try:  # POSIX; elsewhere appends are still atomic (rename) but not serialized between processes
@@ -45,9 +45,8 @@ TOP_KEYS_V2 = (*TOP_KEYS, "anytime")
 
 
 def config_hash(obj: Any) -> str:
-    """sha256 (hex) of the canonical JSON form of ``obj``: sorted keys, no whitespace."""
-    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(data.encode()).hexdigest()
+    """sha256 (hex) of the canonical JSON form of ``obj`` (the stage cache's :func:`~advbench.cache.stable_hash`)."""
+    return stable_hash(obj)
 
 
 def cell_id(cell: dict[str, Any]) -> str:
