@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from advbench.curves import record_before
 from advbench.errors import UserError
 from advbench.leaderboard import BASELINE, _budget_text, _figure, _mean_std, _save, score_records
 
@@ -47,25 +48,34 @@ def plot_budget_curves(records: list[dict[str, Any]], path: str | Path, budget_p
 
 
 def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
-    """Anytime curves, one row of two panels per domain: mitigation power vs budget (one line per defense × attack
-    (× threat model), mean ± std over seeds) and the primary metric vs budget (illegal classes solid, legal dashed,
-    the undefended baseline included, black). Log-scaled budget axes. Writes a PNG and returns its path.
+    """Anytime curves, one row of two panels per domain × attack (× threat model): mitigation power vs budget (one
+    line per defense, mean ± std over seeds) and the primary metric vs budget (illegal classes solid, legal dashed,
+    the undefended baseline in black, its value before any attack as a dotted line). A domain with no defended
+    cells gets one row, its attacks as lines. Log-scaled budget axes. Writes a PNG and returns its path.
 
     Only records with more than one budget are drawn; none is a :class:`UserError`."""
-    # domain → line → budget → {"mitigation_power"/"illegal"/"legal": [per-seed values]}
-    points: dict[str, dict[tuple, dict[float, dict[str, list[float]]]]] = defaultdict(
+    # (domain, attack, threat) → defense line → budget → {"mitigation_power"/"illegal"/"legal": [per-seed values]}
+    points: dict[tuple, dict[tuple, dict[float, dict[str, list[float]]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
-    primaries: dict[str, set[str]] = defaultdict(set)
-    for item in score_records(records):
-        if len(item["curve"]) < 2:
-            continue
+    before: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    primaries: dict[tuple, set[str]] = defaultdict(set)
+    items = [i for i in score_records(records) if len(i["curve"]) >= 2]
+    defended_domains = {i["record"]["cell"]["domain"]["name"] for i in items
+                        if i["record"]["cell"]["defense"]["name"] != BASELINE}
+    for item in items:
         cell = item["record"]["cell"]
-        line = (cell["defense"]["name"] == BASELINE, cell["defense"]["label"], cell["attack"]["label"],
-                cell["threat_model"])
-        primaries[cell["domain"]["name"]].add(item["primary"])
+        split = cell["domain"]["name"] in defended_domains  # one row per attack, else the attacks are lines
+        panel = (cell["domain"]["name"], cell["attack"]["label"] if split else "", cell["threat_model"])
+        line = (cell["defense"]["name"] != BASELINE, cell["defense"]["label"] if split else
+                f"{cell['defense']['label']} vs {cell['attack']['label']}")
+        primaries[panel].add(item["primary"])
         for point in item["curve"]:
             for column in ("mitigation_power", "illegal", "legal"):
-                points[cell["domain"]["name"]][line][point["budget"]][column].append(point[column])
+                points[panel][line][point["budget"]][column].append(point[column])
+        if not line[0]:
+            for role, value in record_before(item["record"]).items():
+                if value is not None:
+                    before[panel][role].append(value)
     if not points:
         raise UserError("no record in the results has an anytime curve (more than one budget); "
                         "rerun with a budget list, or plot a budget swept across cells with plot_budget_curves")
@@ -73,32 +83,35 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
 
     fig, axes = _figure(len(points), 13.0, 3.8, ncols=2)
     colors = [c["color"] for c in rcParams["axes.prop_cycle"]]
-    for row, (domain, lines) in enumerate(sorted(points.items())):
+    for row, (panel, lines) in enumerate(sorted(points.items())):
         ax_mp, ax_metric = axes[2 * row], axes[2 * row + 1]
-        threats = {line[3] for line in lines}
-        defended = 0
-        for line in sorted(lines, key=lambda ln: (not ln[0], ln[1:])):  # baselines first
-            is_base, defense, attack, threat = line
-            name = f"{defense} vs {attack}" + (f" ({threat})" if len(threats) > 1 else "")
-            color = "black" if is_base else colors[defended % len(colors)]
-            defended += 0 if is_base else 1
+        title = " | ".join(p for p in panel[:2] if p) + (f" | {panel[2]}" if len({p[2] for p in points}) > 1 else "")
+        bases = sum(not line[0] for line in lines)
+        for index, line in enumerate(sorted(lines)):  # the baseline (False) first
+            defended, defense = line
+            color = colors[(index - (bases == 1)) % len(colors)] if defended or bases > 1 else "black"
             xs = sorted(lines[line])
             stats = {c: [_mean_std(lines[line][x][c]) for x in xs] for c in ("mitigation_power", "illegal", "legal")}
-            if not is_base:
-                ax_mp.errorbar(xs, [s[0] for s in stats["mitigation_power"]],
-                               yerr=[s[1] for s in stats["mitigation_power"]], marker="o", capsize=3, color=color,
-                               label=name)
+            if defended:
+                ax_mp.errorbar(xs, [m for m, _ in stats["mitigation_power"]],
+                               yerr=[sd for _, sd in stats["mitigation_power"]], marker="o", capsize=3, color=color,
+                               label=defense)
             for role, style in (("illegal", "-"), ("legal", "--")):
-                means = [s[0] for s in stats[role]]
-                if np.isnan(means).all():
-                    continue
-                ax_metric.errorbar(xs, means, yerr=[s[1] for s in stats[role]], marker="o", capsize=3, color=color,
-                                   linestyle=style, label=f"{name}, {role}")
+                means = [m for m, _ in stats[role]]
+                if not np.isnan(means).all():
+                    ax_metric.errorbar(xs, means, yerr=[sd for _, sd in stats[role]], marker="o", capsize=3,
+                                       color=color, linestyle=style, label=f"{defense}, {role}")
+        for role, style in (("illegal", "-"), ("legal", "--")):
+            if before[panel][role]:
+                ax_metric.axhline(float(np.mean(before[panel][role])), color="grey", linestyle=":", linewidth=1,
+                                  label=f"before any attack, {role}" if role == "illegal" else None)
         ax_mp.axhline(0.0, color="grey", linewidth=0.8)
-        ax_mp.set(title=f"{domain}: mitigation power", xlabel="attack budget (optimizer steps)",
+        if not ax_mp.get_legend_handles_labels()[0]:
+            ax_mp.text(0.5, 0.5, "no defended cells", transform=ax_mp.transAxes, ha="center", color="grey")
+        ax_mp.set(title=f"{title}: mitigation power ↑", xlabel="attack budget (optimizer steps)",
                   ylabel="mitigation power", xscale="log")
-        metric = ", ".join(sorted(primaries[domain]))
-        ax_metric.set(title=f"{domain}: {metric} (illegal solid, legal dashed)",
+        metric = ", ".join(sorted(primaries[panel]))
+        ax_metric.set(title=f"{title}: {metric} (illegal solid, legal dashed)",
                       xlabel="attack budget (optimizer steps)", ylabel=metric, xscale="log")
         ticks = sorted({budget for by_budget in lines.values() for budget in by_budget})
         for ax in (ax_mp, ax_metric):
