@@ -24,7 +24,7 @@ from advbench.results import cell_id, config_hash
 
 from tests.test_results import make_record
 
-CI = Path(__file__).resolve().parent.parent / "results" / "ci.jsonl"
+CI = Path(__file__).resolve().parent.parent / "results" / "world-v4-fullft-lr5e-4" / "ci.jsonl"  # schema 1
 
 # The worked example of docs/definitions.md: a lower-is-better distance at budgets 10, 20, 40, 80.
 B = [10, 20, 40, 80]
