@@ -3,7 +3,7 @@
     python benchmarks/fg_diagnosis.py results/freezeasguard.jsonl [--cache-dir .advbench_cache]
 
 First table, from the results alone: per domain and freezing ratio p, FreezeAsGuard's and random freezing's
-mitigation power and legal impact (mean ± std over seeds, the leaderboard's definitions) and FG − R paired by
+mitigation power (final budget), MP-AUC (over the anytime curve) and legal impact (mean ± std over seeds, the leaderboard's definitions) and FG − R paired by
 seed (both defenses attacked with the same seed's data split and attacker), mean ± std over seeds.
 
 Second table: for every (domain, defense, p) of the results file it reads the freeze masks the cells' ``protect`` stages left
@@ -149,7 +149,7 @@ def compare(results: Path) -> list[dict]:
         if not seeds:
             continue
         row = dict(zip(("domain", "attack", "threat", "p", "unit"), key), seeds=len(seeds))
-        for column, short in (("mitigation_power", "MP"), ("legal_impact", "LI")):
+        for column, short in (("mitigation_power", "MP"), ("mp_auc", "MP-AUC"), ("legal_impact", "LI")):
             row[f"FG {short}"] = _pm([fg[s][column] for s in seeds])
             row[f"R {short}"] = _pm([rnd[s][column] for s in seeds])
             row[f"FG − R {short}"] = _pm([fg[s][column] - rnd[s][column] for s in seeds])
