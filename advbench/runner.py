@@ -271,7 +271,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
     curve: dict[int | None, dict[str, Any]] = {b: {} for b in (run.budgets or [None])}
     before: dict[str, Any] = {}
     for role, cls in run.classes():
-        if run.budgets:  # the curve's start: the protected model before any attack (shared by every attack)
+        if run.budgets and len(run.budgets) > 1:  # a curve's start: the protected model before any attack
             gen_dir, gen_key = generate_stage(run, run.cache.path("protect", protect_key) / "model",
                                               {"protected": protect_key}, cls, 0)
             before[cls] = {"role": role, "values": score_stage(run, gen_dir, gen_key, cls, 0)}
