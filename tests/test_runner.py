@@ -164,3 +164,14 @@ def test_retrained_metric_weights_are_rescored_and_refuse_stale_resume(toy, tmp_
     second = run_cell(cell(), None, opts(tmp_path))  # same cache: every stage but scoring is reused
     assert {s["stage"] for s in second["stages"] if not s["cached"]} == {"score"}
     assert second["provenance"]["metric_fingerprints"]["toy-brightness"] == "b"
+
+
+def test_a_cells_plugins_are_resolved_once(toy, tmp_path, monkeypatch):
+    import advbench.cells as cells
+
+    built = []
+    real = cells.build_params
+    monkeypatch.setattr(cells, "build_params", lambda c, v, label: built.append(label) or real(c, v, label))
+    run_cell(cell("random", {"p": "0.5"}), ResultStore(tmp_path / "r.jsonl"), opts(tmp_path))
+    assert sorted(built) == ["attack 'fullft'", "defense 'random'", "domain 'toy'", "metric 'toy-brightness'",
+                             "metric 'toy-spread'"]
