@@ -265,3 +265,26 @@ def test_show_and_list_fit_80_columns_without_cutting(runner, args, monkeypatch)
     out = invoke(runner, *args)
     assert out.exit_code == 0, out.output
     assert "…" not in out.output and max(len(line) for line in out.output.splitlines()) <= 80
+
+
+def test_bench_match_runs_only_the_matching_cells(runner, tmp_path):
+    spec = tmp_path / "m.toml"
+    spec.write_text('''
+[[domains]]
+name = "toy"
+[[defenses]]
+name = "none"
+[[defenses]]
+name = "random"
+params = { p = 0.5 }
+[[attacks]]
+name = "fullft"
+params = { steps = 1, batch_size = 2 }
+''')
+    results = tmp_path / "r.jsonl"
+    out = invoke(runner, "bench", str(spec), "--results", str(results), "--match", "random", "--cache-dir",
+                 str(tmp_path / "c"), "--device", "cpu")
+    assert out.exit_code == 0, out.output
+    assert [json.loads(line)["cell"]["defense"]["name"] for line in results.read_text().splitlines()] == ["random"]
+    missing = invoke(runner, "bench", str(spec), "--match", "nothing like this", "--dry-run")
+    assert missing.exit_code == 2 and "no cell of" in missing.output

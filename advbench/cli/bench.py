@@ -27,7 +27,10 @@ from advbench.errors import UserError
                    "or on two machines; all shards may append to the same results file.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads for this process (default: torch's choice, usually all cores).")
-def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, **execution):
+@click.option("--match", "matches", multiple=True, metavar="TEXT",
+              help="Run only the cells whose description (as --dry-run lists it) contains TEXT; repeat to require "
+                   "several. Cell ids do not change, so a later full run skips these cells.")
+def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, matches, **execution):
     """Run every cell of a benchmark spec (finished cells are skipped, so a killed run resumes).
 
     Cells run in the spec's order: domain, then defense, attack, threat model and seed.
@@ -48,8 +51,12 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, **e
     store = ResultStore(results)
     done = store.finished_ids()
     all_ids = [cell_id(cell.to_json()) for cell in spec.cells]
-    cells = spec.cells[shard_index::shard_count]
-    ids = all_ids[shard_index::shard_count]
+    chosen = [(c, i) for c, i in zip(spec.cells, all_ids) if all(m in c.describe() for m in matches)]
+    if not chosen:
+        raise UserError(f"no cell of {spec_path} matches {' and '.join(map(repr, matches))}; "
+                        "see the cell descriptions with --dry-run")
+    cells = [c for c, _ in chosen][shard_index::shard_count]
+    ids = [i for _, i in chosen][shard_index::shard_count]
     if threads is not None:
         import torch
 
@@ -76,7 +83,7 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, **e
     if check_csv:
         from advbench.cli.leaderboard import check_command
 
-        wanted = set(all_ids)
+        wanted = {i for _, i in chosen}
         records = [r for r in store.records() if r["cell_id"] in wanted]
         if len({r["cell_id"] for r in records}) < len(wanted):
             raise UserError("--check needs every cell of the spec in the results; run the other shards first")
