@@ -10,7 +10,6 @@ the curve maths (MP-AUC, delay factors, selectivity) lives in :mod:`advbench.cur
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -24,7 +23,7 @@ import pandas as pd
 
 from advbench.curves import (Bounded, curve_summary, format_delay, mp_auc, record_before, record_curve,
                              relative_degradation)
-from advbench.errors import DataError, UserError
+from advbench.errors import DataError
 
 KEYS = ["domain", "defense", "attack", "threat_model"]
 BASELINE = "none"
@@ -384,87 +383,3 @@ def write_leaderboard(df: pd.DataFrame, out_dir: str | Path, name: str) -> tuple
     to_csv(df, csv_path)
     _atomic_write(md_path, to_markdown(df).encode())
     return csv_path, md_path
-
-
-def _read_baseline(path: Path) -> pd.DataFrame:
-    fix = "pass a CSV written by `advbench leaderboard --output-dir`"
-    if not path.is_file():
-        raise DataError(f"baseline leaderboard {path} not found; {fix}")
-    try:
-        base = pd.read_csv(path, dtype={k: str for k in KEYS})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"baseline leaderboard {path} is not a readable CSV ({reason}); {fix}") from None
-    missing = [c for c in [*KEYS, "mitigation_power_mean", "legal_impact_mean"] if c not in base.columns]
-    if missing:
-        raise DataError(f"baseline leaderboard {path} lacks columns {', '.join(missing)}; {fix}")
-    for column in ("mitigation_power_mean", "legal_impact_mean", "mp_auc_mean"):
-        if column not in base.columns:  # mp_auc_mean is optional: CSVs written before anytime curves lack it
-            continue
-        numbers = pd.to_numeric(base[column], errors="coerce")
-        if (numbers.isna() & base[column].notna()).any():
-            raise DataError(f"baseline leaderboard {path}: column {column} holds non-numbers; {fix}")
-        base[column] = numbers
-    if base[KEYS].isna().any().any():
-        raise DataError(f"baseline leaderboard {path} has rows with an empty {'/'.join(KEYS)} cell; {fix}")
-    duplicated = base.duplicated(KEYS)
-    if duplicated.any():
-        key = tuple(base.loc[duplicated, KEYS].iloc[0])
-        raise DataError(f"baseline leaderboard {path} lists '{_label(key)}' twice; {fix}")
-    return base
-
-
-def check_regressions(current_df: pd.DataFrame, baseline_csv_path: str | Path, tolerance: float = 0.05) -> list[str]:
-    """Compare with a saved leaderboard CSV; one message per regression (an empty list means none).
-
-    Every baseline row must be present; its mitigation power may not drop, nor its legal impact rise, by more
-    than ``tolerance`` (absolute); when both leaderboards have ``mp_auc_mean``, it may not drop by more than
-    ``tolerance`` either. A NaN score in the baseline is not checked.
-    """
-    if not (tolerance >= 0):
-        raise UserError(f"tolerance must be a non-negative number, got {tolerance}")
-    base = _read_baseline(Path(baseline_csv_path))
-    current = {tuple(str(v) for v in row[KEYS]): row for _, row in current_df.iterrows()}
-    slack = tolerance + 1e-9  # CSV round trips may move the last bit
-    problems = []
-    for _, brow in base.iterrows():
-        key = tuple(brow[KEYS])
-        label = _label(key)
-        if key not in current:
-            problems.append(f"{label}: in the baseline but missing from the current results")
-            continue
-        crow = current[key]
-        for column, word, worse in (("mitigation_power_mean", "mitigation power", "dropped"),
-                                    ("legal_impact_mean", "legal impact", "rose"),
-                                    ("mp_auc_mean", "MP-AUC", "dropped")):
-            if column not in brow.index or column not in crow.index:
-                continue
-            old, new = float(brow[column]), float(crow[column])
-            if math.isnan(old):
-                continue
-            if math.isnan(new):
-                problems.append(f"{label}: {word} cannot be computed now (baseline {old:.4g}); "
-                                f"are the '{BASELINE}' cells missing?")
-            elif (old - new if worse == "dropped" else new - old) > slack:
-                problems.append(f"{label}: {word} {worse} from {old:.4g} to {new:.4g} "
-                                f"(more than the tolerance {tolerance:g})")
-    return problems
-
-
-def _figure(n_panels: int, width: float, height: float = 3.6, ncols: int = 1):
-    """A figure of ``n_panels`` rows × ``ncols`` columns of axes (flat list, row by row); plots: advbench.plots."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height * n_panels), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(n_panels, ncols, i + 1) for i in range(n_panels * ncols)]
-    return fig, axes
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    _atomic_write(path, buffer.getvalue())
-    return path

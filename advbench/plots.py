@@ -1,7 +1,7 @@
 """Leaderboard plots as PNG files: score bars, mitigation power vs a budget swept across cells, anytime curves.
 
 Everything is drawn from result records or a leaderboard table (:mod:`advbench.leaderboard`) with matplotlib's Agg
-backend through ``leaderboard._figure``/``_save`` (atomic writes). This module never imports torch.
+backend through :func:`figure`/:func:`save` (atomic writes). This module never imports torch.
 """
 
 from __future__ import annotations
@@ -10,12 +10,33 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import io
+
 import numpy as np
 import pandas as pd
 
 from advbench.curves import record_before
 from advbench.errors import UserError
-from advbench.leaderboard import BASELINE, _budget_text, _figure, _mean_std, _save, score_records
+from advbench.leaderboard import BASELINE, _atomic_write, _budget_text, _mean_std, score_records
+
+
+def figure(n_panels: int, width: float, height: float = 3.6, ncols: int = 1):
+    """A figure of ``n_panels`` rows × ``ncols`` columns of axes (flat list, row by row)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height * n_panels), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(n_panels, ncols, i + 1) for i in range(n_panels * ncols)]
+    return fig, axes
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    _atomic_write(path, buffer.getvalue())
+    return path
 
 
 def plot_budget_curves(records: list[dict[str, Any]], path: str | Path, budget_param: str = "steps") -> Path:
@@ -35,7 +56,7 @@ def plot_budget_curves(records: list[dict[str, Any]], path: str | Path, budget_p
     if not points:
         raise UserError(f"no attack in the results has a numeric parameter '{budget_param}'; "
                         "name another attack parameter as the budget")
-    fig, axes = _figure(len(points), 7.5)
+    fig, axes = figure(len(points), 7.5)
     for ax, (domain, lines) in zip(axes, sorted(points.items())):
         for line, by_budget in sorted(lines.items()):
             xs = sorted(by_budget)
@@ -44,7 +65,7 @@ def plot_budget_curves(records: list[dict[str, Any]], path: str | Path, budget_p
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set(title=domain, xlabel=f"attacker budget ({budget_param})", ylabel="mitigation power")
         ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
@@ -81,7 +102,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
                         "rerun with a budget list, or plot a budget swept across cells with plot_budget_curves")
     from matplotlib import rcParams
 
-    fig, axes = _figure(len(points), 13.0, 3.8, ncols=2)
+    fig, axes = figure(len(points), 13.0, 3.8, ncols=2)
     colors = [c["color"] for c in rcParams["axes.prop_cycle"]]
     for row, (panel, lines) in enumerate(sorted(points.items())):
         ax_mp, ax_metric = axes[2 * row], axes[2 * row + 1]
@@ -119,7 +140,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
             ax.minorticks_off()
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_leaderboard(df: pd.DataFrame, path: str | Path) -> Path:
@@ -128,7 +149,7 @@ def plot_leaderboard(df: pd.DataFrame, path: str | Path) -> Path:
         raise UserError("the leaderboard is empty; there is nothing to plot")
     domains = list(dict.fromkeys(df["domain"]))
     widest = max((df["domain"] == d).sum() for d in domains)
-    fig, axes = _figure(len(domains), max(6.0, 1.1 * widest + 2))
+    fig, axes = figure(len(domains), max(6.0, 1.1 * widest + 2))
     for ax, domain in zip(axes, domains):
         part = df[df["domain"] == domain]
         x = np.arange(len(part))
@@ -140,4 +161,4 @@ def plot_leaderboard(df: pd.DataFrame, path: str | Path) -> Path:
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set(title=domain, ylabel="relative change of the primary metric")
         ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save(fig, path)

@@ -96,7 +96,7 @@ def plot_curves(results: Path, cache: Path, path: Path) -> Path:
     """Mask-learning curves (simulated user's illegal and legal loss per mask step), one panel per domain."""
     import numpy as np
 
-    from advbench.leaderboard import _figure, _save
+    from advbench.plots import figure, save
 
     records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     curves: dict[str, dict[float, list]] = defaultdict(lambda: defaultdict(list))
@@ -107,7 +107,7 @@ def plot_curves(results: Path, cache: Path, path: Path) -> Path:
                 curves[r["cell"]["domain"]["name"]][r["cell"]["defense"]["params"]["p"]].append(rows)
     if not curves:
         raise SystemExit(f"no FreezeAsGuard mask curves in {cache} for the cells of {results}")
-    fig, axes = _figure(len(curves), 7.5, 2.8)
+    fig, axes = figure(len(curves), 7.5, 2.8)
     for ax, (domain, by_p) in zip(axes, sorted(curves.items())):
         for p, runs in sorted(by_p.items()):
             steps = [int(row["mask_step"]) for row in runs[0]]
@@ -118,7 +118,7 @@ def plot_curves(results: Path, cache: Path, path: Path) -> Path:
         ax.set_xlabel("mask step")
         ax.set_ylabel("diffusion loss")
         ax.legend(fontsize=7, ncol=3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _pm(values: list[float]) -> str:

@@ -18,7 +18,8 @@ from advbench.cli.main import cli
 from advbench.curves import (Bounded, Delay, compare_to_baseline, delay_factor, format_delay, mp_auc, record_curve,
                              reference_budget, selectivity)
 from advbench.errors import DataError
-from advbench.leaderboard import build_leaderboard, check_regressions, to_csv, to_markdown
+from advbench.leaderboard import build_leaderboard, to_csv, to_markdown
+from advbench.regression import check_regressions
 from advbench.plots import plot_curves
 from advbench.results import cell_id, config_hash
 

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from advbench.cli import leaderboard as leaderboard_cli
 from advbench.cli.main import cli
 from advbench.errors import DataError
-from advbench.leaderboard import (build_leaderboard, check_regressions, relative_degradation, to_csv, to_markdown,
-                                  write_leaderboard)
+from advbench.leaderboard import build_leaderboard, relative_degradation, to_csv, to_markdown, write_leaderboard
+from advbench.regression import check_regressions
 from advbench.plots import plot_budget_curves, plot_leaderboard
 
 from tests.test_results import make_record

@@ -34,7 +34,8 @@ def check_command(records: list[dict[str, Any]], baseline_csv: str | Path, toler
 
     Returns True when there is no regression. Messages go to ``echo`` (default: stderr).
     """
-    from advbench.leaderboard import build_leaderboard, check_regressions
+    from advbench.leaderboard import build_leaderboard
+    from advbench.regression import check_regressions
 
     echo = echo or (lambda message: click.echo(message, err=True))
     problems = check_regressions(build_leaderboard(records), baseline_csv, tolerance)
