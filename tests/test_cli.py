@@ -265,6 +265,8 @@ def test_show_and_list_fit_80_columns_without_cutting(runner, args, monkeypatch)
     out = invoke(runner, *args)
     assert out.exit_code == 0, out.output
     assert "…" not in out.output and max(len(line) for line in out.output.splitlines()) <= 80
+    if args[:2] == ["show", "attack"]:
+        assert "anytime = True" in out.output  # whether the attack can be scored at several budgets
 
 
 def test_bench_match_runs_only_the_matching_cells(runner, tmp_path):
