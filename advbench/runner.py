@@ -85,18 +85,20 @@ class _CellRun:
     def key(self, name: str, parts: dict[str, Any]) -> str:
         return stable_hash({"stage": name, "version": STAGE_VERSIONS[name], **parts})
 
-    def log_stage(self, entry: dict[str, Any]) -> None:
+    def log_stage(self, name: str, cls: str | None, budget: int | None, key: str, seconds: float, peak_mb: float,
+                  cached: bool, **extra: Any) -> None:
+        """Record one stage entry (the record's ``stages[*]``) and report it to ``on_stage``."""
+        entry = {"stage": name, "class": cls, **({"budget": budget} if budget is not None else {}), "key": key,
+                 "seconds": round(seconds, 3), "peak_memory_mb": round(peak_mb, 1), "cached": cached, **extra}
         self.stages.append(entry)
         if self.options.on_stage:
-            self.options.on_stage(entry["stage"], entry)
+            self.options.on_stage(name, entry)
 
     def stage(self, name: str, key: str, build: Callable[[Path], None], cls: str | None = None,
               budget: int | None = None) -> Path:
         with measure(self.options.device) as m:
             folder, cached = self.cache.get_or_build(name, key, build)
-        self.log_stage({"stage": name, "class": cls, **({"budget": budget} if budget is not None else {}),
-                        "key": key, "seconds": round(m.seconds, 3), "peak_memory_mb": round(m.peak_memory_mb, 1),
-                        "cached": cached})
+        self.log_stage(name, cls, budget, key, m.seconds, m.peak_memory_mb, cached)
         return folder
 
 
@@ -193,10 +195,8 @@ def adapt_stage(run: _CellRun, protected: ProtectedModel, protect_key: str, role
                 train(Path(scratch), keep=False)
     for b in budgets:
         entry = entries.get(b, {"seconds": 0.0, "cached": True})
-        run.log_stage({"stage": "adapt", "class": cls, **({"budget": b} if b is not None else {}), "key": keys[b],
-                       "seconds": round(entry["seconds"], 3), "peak_memory_mb": round(m.peak_memory_mb, 1),
-                       "cached": entry["cached"],
-                       **({"resumed_from": clock["resumed_from"]} if clock["resumed_from"] else {})})
+        run.log_stage("adapt", cls, b, keys[b], entry["seconds"], m.peak_memory_mb, entry["cached"],
+                      **({"resumed_from": clock["resumed_from"]} if clock["resumed_from"] else {}))
     for b in budgets:  # the class is finished: the training states were only needed to resume it
         (run.cache.path("adapt", keys[b]) / TRAIN_STATE).unlink(missing_ok=True)
     return [(b, run.cache.path("adapt", keys[b]), keys[b]) for b in budgets]
@@ -295,9 +295,9 @@ def _anytime_facts(run: _CellRun) -> dict[str, Any]:
     if not run.budgets:
         return {"budget_param": None, "exact": True, "note": "one evaluation after the whole attack"}
     exact = True
-    for stage in run.stages:
+    for stage in (s for s in run.stages if s["stage"] == "adapt"):
         facts = run.cache.path("adapt", stage["key"]) / "anytime.json"
-        if stage["stage"] == "adapt" and facts.exists():  # the last budget's stage may predate anytime cells
+        if facts.exists():  # the last budget's stage may predate anytime cells
             exact = exact and json.loads(facts.read_text())["exact"]
     note = ("each budget's snapshot equals a run of that many steps (constant learning rate)" if exact else
             "the learning-rate schedule spans the whole run, so a snapshot at budget b saw other rates than a "
