@@ -1,8 +1,8 @@
 """The one fine-tuning engine: DDPM epsilon-prediction training of a :class:`~advbench.model.Model`.
 
 Attacks (full fine-tuning, LoRA, DreamBooth, textual inversion), defenses that simulate users (FreezeAsGuard)
-and the tiny world's pretraining all train through :func:`finetune`, so freezing, precision, seeding and
-timing mean the same everywhere. The loop follows diffusers' ``train_text_to_image.py``: encode images to
+and the tiny world's pretraining all train through a :class:`Trainer` (set up once, step, tear down) —
+:func:`finetune` is a loop over one — so freezing, precision, seeding and timing mean the same everywhere. The loop follows diffusers' ``train_text_to_image.py``: encode images to
 latents, add noise at a random timestep, predict the noise from the caption, MSE.
 
 What is trained:
@@ -25,9 +25,8 @@ seeded ``torch.Generator`` (use it for noise and timesteps so the run stays repr
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -223,88 +222,130 @@ def _release_accelerator() -> None:
     GradientState._reset_state()
 
 
-@contextmanager
-def accelerator_session(mixed_precision: str, device: str) -> Iterator[Any]:
-    """A fresh accelerate ``Accelerator`` for a plugin's own training loop, released on exit.
+class Trainer:
+    """One training set-up of a model, shared by :func:`finetune` and defenses' own loops (FreezeAsGuard's).
 
-    For defenses that train outside :func:`finetune` (FreezeAsGuard's bilevel loop) with the same device and
-    precision handling as the engine.
+    ``with Trainer(model, cfg, ctx, frozen=..., trainable=...) as t:`` sets up once — a fresh accelerate
+    session for ``ctx.device`` and ``cfg.mixed_precision``, the model on that device in float32, exactly the
+    selected tensors with ``requires_grad`` (frozen tensors are leaves without it and stay out of the
+    optimizer), train mode on the modules that train, gradient checkpointing if asked, the optimizer and LR
+    schedule (``optimize=False``: none, for loops that update weights themselves), and the run's generator
+    seeded from ``ctx.seed``. Then ``t.loss(batch)`` / ``t.step(batch)``; on exit every ``requires_grad`` flag
+    and train mode is as before and the model is back on its device in float32.
     """
-    accelerator = _accelerator(mixed_precision, device)
-    try:
-        yield accelerator
-    finally:
+
+    def __init__(self, model: Model, cfg: FinetuneConfig, ctx: Context, frozen: Iterable[str] = (),
+                 trainable: Iterable[torch.nn.Parameter] | None = None, optimize: bool = True):
+        self.model, self.cfg, self.ctx, self.optimize = model, cfg, ctx, optimize
+        frozen = set(frozen)
+        default = trainable_parameters(model, frozen, cfg.train_text_encoder)  # also checks the frozen names
+        if trainable is None:
+            self.params = list(default.values())
+        else:
+            frozen_ids = {id(p) for n, p in model.unet.named_parameters() if n in frozen}
+            self.params = [p for p in trainable if id(p) not in frozen_ids]
+        if not self.params:
+            raise ConstraintError("nothing to train: every selected tensor is frozen; lower the freezing ratio")
+        self.accelerator = self.optimizer = self.schedule = self.generator = None
+        self.device = ctx.device
+
+    def __enter__(self) -> Trainer:
+        model, cfg = self.model, self.cfg
+        self._modules = list(model.components().values())
+        self._flags = {id(p): p.requires_grad for m in self._modules for p in m.parameters()}
+        self._modes = [m.training for m in self._modules]
+        self._origin = model.device
+        self._checkpointing = cfg.gradient_checkpointing and not model.unet.is_gradient_checkpointing
+        self.accelerator = _accelerator(cfg.mixed_precision, self.ctx.device)
+        self.device = str(self.accelerator.device)
+        try:
+            model.to(self.accelerator.device, torch.float32)  # trainable tensors in fp32; autocast does the rest
+            for m in self._modules:
+                m.requires_grad_(False)
+            for p in self.params:
+                p.requires_grad_(True)
+            ids = {id(p) for p in self.params}
+            for m in self._modules:
+                m.train(any(id(p) in ids for p in m.parameters()))
+            if self._checkpointing:
+                model.unet.enable_gradient_checkpointing()
+                if cfg.train_text_encoder:
+                    model.text_encoder.gradient_checkpointing_enable()
+            if self.optimize:
+                from diffusers.optimization import get_scheduler
+
+                optimizer = build_optimizer(self.params, cfg)
+                schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                         num_training_steps=cfg.steps)
+                self.optimizer, self.schedule = self.accelerator.prepare(optimizer, schedule)
+            self.generator = torch.Generator().manual_seed(self.ctx.seed)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        model, cfg = self.model, self.cfg
+        if self._checkpointing:
+            model.unet.disable_gradient_checkpointing()
+            if cfg.train_text_encoder:
+                model.text_encoder.gradient_checkpointing_disable()
+        for m, mode in zip(self._modules, self._modes):
+            m.train(mode)
+            for p in m.parameters():
+                p.requires_grad_(self._flags[id(p)])
+                p.grad = None
+        model.to(self._origin, torch.float32)
         _release_accelerator()
+
+    def loss(self, batch: Batch, loss_fn: LossFn | None = None, step: int = 0) -> torch.Tensor:
+        """The training loss of ``batch`` under the session's autocast (default: :func:`diffusion_loss`)."""
+        batch.setdefault("generator", self.generator)
+        with self.accelerator.autocast():
+            if loss_fn is not None:
+                return loss_fn(self.model, batch, step)
+            return diffusion_loss(self.model, batch["pixel_values"], batch["captions"], batch["generator"])
+
+    def step(self, batch: Batch, loss_fn: LossFn | None = None, step: int = 0) -> float:
+        """One optimizer step on ``batch``; returns its loss."""
+        loss = self.loss(batch, loss_fn, step)
+        # Backward through the trainable tensors only; frozen ones are leaves without requires_grad.
+        self.accelerator.backward(loss)
+        if self.cfg.max_grad_norm is not None:
+            self.accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def optimizer_state_numel(self) -> int:
+        """Elements held in optimizer state (frozen tensors hold none)."""
+        if self.optimizer is None:
+            return 0
+        return sum(t.numel() for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t))
 
 
 def finetune(model: Model, examples: list[Example] | BatchFn, cfg: FinetuneConfig, ctx: Context,
              frozen: Iterable[str] = (), trainable: Iterable[torch.nn.Parameter] | None = None,
              loss_fn: LossFn | None = None, callback: Callable[[int, float], bool | None] | None = None,
              export: Callable[[Model], Model] | None = None) -> FinetuneResult:
-    """Train ``model`` in place (see the module docstring) and return what the run measured.
+    """Train ``model`` in place (see the module docstring): a loop of :meth:`Trainer.step`.
 
     Afterwards every ``requires_grad`` flag is as before and the model is back on its device in float32.
     When ``ctx.anytime`` is set (the runner's anytime evaluation), the run continues from its ``resume`` state
     if there is one, and after each of its budgets hands ``export(model)`` (default: a copy of the model)
     and the training state to ``ctx.anytime.save``; snapshots read the weights only, so training is unchanged.
     """
-    frozen = set(frozen)
-    default = trainable_parameters(model, frozen, cfg.train_text_encoder)  # also checks the frozen names
-    if trainable is None:
-        params = list(default.values())
-    else:
-        frozen_ids = {id(p) for n, p in model.unet.named_parameters() if n in frozen}
-        params = [p for p in trainable if id(p) not in frozen_ids]
-    if not params:
-        raise ConstraintError("nothing to train: every selected tensor is frozen; lower the freezing ratio")
-    modules = list(model.components().values())
-    flags = {id(p): p.requires_grad for m in modules for p in m.parameters()}
-    modes = [m.training for m in modules]
-    origin = model.device
+    trainer = Trainer(model, cfg, ctx, frozen, trainable)
     batches = examples if callable(examples) else SeededBatcher(list(examples), cfg.batch_size, model.resolution)
-    accelerator = _accelerator(cfg.mixed_precision, ctx.device)
-    device = str(accelerator.device)
-    checkpointing = cfg.gradient_checkpointing and not model.unet.is_gradient_checkpointing
-    try:
-        model.to(accelerator.device, torch.float32)  # trainable tensors in fp32; autocast does the rest
-        for m in modules:
-            m.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        param_ids = {id(p) for p in params}
-        for m in modules:
-            m.train(any(id(p) in param_ids for p in m.parameters()))
-        if checkpointing:
-            model.unet.enable_gradient_checkpointing()
-            if cfg.train_text_encoder:
-                model.text_encoder.gradient_checkpointing_enable()
-        optimizer = build_optimizer(params, cfg)
-        from diffusers.optimization import get_scheduler
-
-        schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                                 num_training_steps=cfg.steps)
-        optimizer, schedule = accelerator.prepare(optimizer, schedule)
-        generator = torch.Generator().manual_seed(ctx.seed)
-        run = _Run(model, batches, cfg, ctx, accelerator, optimizer, schedule, params, generator)
+    with trainer:
+        run = _Run(trainer, batches)
         start = run.resume(ctx.anytime.resume) if ctx.anytime is not None and ctx.anytime.resume else 0
         losses, seconds, peak = _loop(run, start, loss_fn, callback, export)
-        state_numel = sum(t.numel() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
-    finally:
-        if checkpointing:
-            model.unet.disable_gradient_checkpointing()
-            if cfg.train_text_encoder:
-                model.text_encoder.gradient_checkpointing_disable()
-        for m, mode in zip(modules, modes):
-            m.train(mode)
-            for p in m.parameters():
-                p.requires_grad_(flags[id(p)])
-                p.grad = None
-        model.to(origin, torch.float32)
-        _release_accelerator()
     return FinetuneResult(losses=losses, seconds=seconds, seconds_per_step=seconds / max(len(losses), 1),
-                          peak_memory_mb=peak, trainable_params=sum(p.numel() for p in params),
-                          trainable_tensors=len(params), optimizer_state_numel=state_numel,
-                          device=device, info={"mixed_precision": cfg.mixed_precision})
+                          peak_memory_mb=peak, trainable_params=sum(p.numel() for p in trainer.params),
+                          trainable_tensors=len(trainer.params), optimizer_state_numel=trainer.optimizer_state_numel(),
+                          device=trainer.device, info={"mixed_precision": cfg.mixed_precision})
 
 
 def exact_stops(cfg: FinetuneConfig, budgets: Iterable[int]) -> bool:
@@ -318,51 +359,45 @@ def exact_stops(cfg: FinetuneConfig, budgets: Iterable[int]) -> bool:
     return cfg.lr_scheduler == "constant_with_warmup" and all(b >= cfg.lr_warmup_steps for b in budgets)
 
 
-@dataclass
 class _Run:
     """Everything a training run's exact continuation depends on, for anytime snapshots and resume."""
 
-    model: Model
-    batches: Any
-    cfg: FinetuneConfig
-    ctx: Context
-    accelerator: Any
-    optimizer: Any
-    schedule: Any
-    params: list[torch.nn.Parameter]
-    generator: torch.Generator
+    def __init__(self, trainer: Trainer, batches: Any):
+        self.trainer, self.batches = trainer, batches
 
     def named_params(self) -> dict[str, torch.nn.Parameter]:
-        ids = {id(p) for p in self.params}
-        return {f"{component}.{name}": p for component, module in self.model.components().items()
+        ids = {id(p) for p in self.trainer.params}
+        return {f"{component}.{name}": p for component, module in self.trainer.model.components().items()
                 for name, p in module.named_parameters() if id(p) in ids}
 
     def state(self, step: int) -> dict[str, Any]:
         """The training state after ``step`` optimizer steps (tensors are shared: save it before going on)."""
-        scaler = getattr(self.accelerator, "scaler", None)
+        t = self.trainer
+        scaler = getattr(t.accelerator, "scaler", None)
         batches = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
-        return {"step": step, "exact": exact_stops(self.cfg, [step]),
+        return {"step": step, "exact": exact_stops(t.cfg, [step]),
                 "params": {n: p.detach().cpu() for n, p in self.named_params().items()},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
-                "generator": self.generator.get_state(), "batches": batches,
+                "optimizer": t.optimizer.state_dict(), "scheduler": t.schedule.state_dict(),
+                "generator": t.generator.get_state(), "batches": batches,
                 "scaler": scaler.state_dict() if scaler is not None else None}
 
     def resume(self, state: dict[str, Any]) -> int:
         """Load a saved training state; return its step (0, start over, when it cannot be continued exactly)."""
+        t = self.trainer
         named = self.named_params()
         if set(state["params"]) != set(named) or (state["batches"] is not None) != hasattr(self.batches,
                                                                                               "load_state_dict"):
-            self.ctx.log("anytime: the saved training state does not match this run; training from step 0")
+            t.ctx.log("anytime: the saved training state does not match this run; training from step 0")
             return 0
         with torch.no_grad():
             for name, p in named.items():
                 p.copy_(state["params"][name].to(p.device, p.dtype))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.schedule.load_state_dict(state["scheduler"])
+        t.generator.set_state(state["generator"])
         if state["batches"] is not None:
             self.batches.load_state_dict(state["batches"])
-        scaler = getattr(self.accelerator, "scaler", None)
+        scaler = getattr(t.accelerator, "scaler", None)
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
         return int(state["step"])
@@ -373,10 +408,11 @@ def _loop(run: _Run, start: int, loss_fn, callback, export):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    model, batches, cfg, ctx, accelerator = run.model, run.batches, run.cfg, run.ctx, run.accelerator
-    optimizer, schedule, params, generator = run.optimizer, run.schedule, run.params, run.generator
+    from advbench.profiling import peak_memory
+
+    trainer, batches = run.trainer, run.batches
+    cfg, ctx, generator = trainer.cfg, trainer.ctx, trainer.generator
     snapshots = set(ctx.anytime.budgets) if ctx.anytime is not None else set()
-    device = str(accelerator.device)
     baseline = psutil.Process().memory_info().rss / 2**20
     losses: list[float] = []
     # Refreshed from this thread (at most 10 times a second) rather than by rich's refresh thread: on busy
@@ -384,25 +420,12 @@ def _loop(run: _Run, start: int, loss_fn, callback, export):
     progress = Progress(TextColumn("fine-tune"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
                         console=Console(stderr=True), transient=True, disable=not ctx.progress, auto_refresh=False)
-    with _peak_memory(device) as m, progress:
+    with peak_memory(trainer.device) as m, progress:
         task = progress.add_task("fine-tune", total=cfg.steps, completed=start, loss=float("nan"))
         began = shown = time.perf_counter()
         for step in range(start, cfg.steps):
             batch = _augment(batches(step, generator), cfg, generator)
-            batch["generator"] = generator
-            with accelerator.autocast():
-                if loss_fn is not None:
-                    loss = loss_fn(model, batch, step)
-                else:
-                    loss = diffusion_loss(model, batch["pixel_values"], batch["captions"], generator)
-            # Backward through the trainable tensors only; frozen ones are leaves without requires_grad.
-            accelerator.backward(loss)
-            if cfg.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+            losses.append(trainer.step(batch, loss_fn, step))
             now = time.perf_counter()
             refresh = now - shown >= 0.1
             shown = now if refresh else shown
@@ -411,48 +434,11 @@ def _loop(run: _Run, start: int, loss_fn, callback, export):
             if step + 1 in snapshots and step + 1 < cfg.steps:
                 # An anytime snapshot: a copy of what the attack would return now, and the state to go on from.
                 with torch.no_grad():
-                    snapshot = export(model) if export is not None else model.clone()
+                    snapshot = export(trainer.model) if export is not None else trainer.model.clone()
                 ctx.anytime.save(step + 1, snapshot, run.state(step + 1))
             if stop:
                 break
         seconds = time.perf_counter() - began
-    peak = m.peak_memory_mb if device.startswith("cuda") else max(m.peak_memory_mb - baseline, 0.0)
+    cuda = trainer.device.startswith("cuda")
+    peak = m.peak_memory_mb if cuda else max(m.peak_memory_mb - baseline, 0.0)
     return losses, seconds, peak
-
-
-def _reset_rss_peak() -> bool:
-    """Reset the kernel's resident-set high-water mark (Linux ``VmHWM``); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _rss_peak_mb() is not None
-    except OSError:
-        return False
-
-
-def _rss_peak_mb() -> float | None:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return None
-
-
-@contextmanager
-def _peak_memory(device: str):
-    """Yield a ``Measurement`` whose ``peak_memory_mb`` is set at exit: CUDA peak allocated, or CPU peak RSS.
-
-    On Linux the CPU peak is the kernel's exact high-water mark (reset at entry), so no sampling thread runs
-    beside the training loop; elsewhere :func:`advbench.profiling.measure` samples the RSS from a thread.
-    """
-    from advbench.profiling import Measurement, measure
-
-    if device.startswith("cuda") or not _reset_rss_peak():
-        with measure(device) as m:
-            yield m
-        return
-    m = Measurement(device=device)
-    try:
-        yield m
-    finally:
-        m.peak_memory_mb = _rss_peak_mb() or 0.0

@@ -46,10 +46,20 @@ class Example:
 
 @dataclass
 class PublisherData:
-    """What a defense may see: the publisher's share of each illegal and legal class."""
+    """What a defense may see: the publisher's share of each illegal and legal class, and their words.
+
+    ``nouns`` maps each class to the domain's coarse class word ("person", "painting"; "" when the domain has
+    none) and ``prompts`` to the domain's evaluation prompts of it: a concept-editing defense (UCE) edits the
+    words, not the images. The runner fills both from the domain.
+    """
 
     illegal: dict[str, list[Example]]
     legal: dict[str, list[Example]]
+    nouns: dict[str, str] = field(default_factory=dict)
+    prompts: dict[str, list[str]] = field(default_factory=dict)
+
+    def noun(self, cls: str) -> str:
+        return self.nouns.get(cls, "")
 
 
 @dataclass

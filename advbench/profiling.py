@@ -57,3 +57,39 @@ def measure(device: str = "cpu", interval: float = 0.02):
         sampler.join()
         peak[0] = max(peak[0], process.memory_info().rss)
         result.peak_memory_mb = peak[0] / 2**20
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's resident-set high-water mark (Linux ``VmHWM``); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _rss_peak_mb() is not None
+    except OSError:
+        return False
+
+
+def _rss_peak_mb() -> float | None:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return None
+
+
+@contextmanager
+def peak_memory(device: str):
+    """Yield a :class:`Measurement` whose ``peak_memory_mb`` is set at exit: CUDA peak allocated, or CPU peak RSS.
+
+    On Linux the CPU peak is the kernel's exact high-water mark (reset at entry), so no sampling thread runs
+    beside a training loop; elsewhere :func:`measure` samples the RSS from a thread.
+    """
+    if device.startswith("cuda") or not _reset_rss_peak():
+        with measure(device) as m:
+            yield m
+        return
+    m = Measurement(device=device)
+    try:
+        yield m
+    finally:
+        m.peak_memory_mb = _rss_peak_mb() or 0.0

@@ -175,3 +175,40 @@ def test_batches_span_epochs_and_cover_every_example(examples):
     g = torch.Generator().manual_seed(0)
     seen = [c for step in range(3) for c in batches(step, g)["captions"]]
     assert len(seen) == 6 and batches.pixels.shape == (3, 3, 32, 32)
+
+
+def test_a_loop_over_the_trainer_is_finetune_bit_for_bit(examples):
+    """The trainer object is the engine: stepping it by hand gives finetune()'s weights exactly."""
+    from advbench.finetune import SeededBatcher, Trainer
+
+    config = cfg(steps=4, prompt_dropout=0.3, random_flip=True)
+    engine, manual = tiny_model(), tiny_model()
+    frozen = [n for n, _ in engine.unet.named_parameters()][::4]
+    run = finetune(engine, examples, config, CTX, frozen=frozen)
+    batches = SeededBatcher(examples, config.batch_size, manual.resolution)
+    with Trainer(manual, config, CTX, frozen=frozen) as trainer:
+        losses = [trainer.step(ft._augment(batches(step, trainer.generator), config, trainer.generator))
+                  for step in range(config.steps)]
+    assert losses == run.losses
+    for (name, a), b in zip(engine.unet.named_parameters(), manual.unet.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_trainer_without_optimizer_sets_up_and_restores(examples):
+    """optimize=False (FreezeAsGuard's bilevel loop): the set-up only, and every flag restored on exit."""
+    from advbench.finetune import Trainer
+
+    model = tiny_model()
+    model.text_encoder.requires_grad_(True)
+    before = {n: p.requires_grad for n, p in model.unet.named_parameters()}
+    with Trainer(model, cfg(), CTX, optimize=False) as trainer:
+        assert trainer.optimizer is None and trainer.optimizer_state_numel() == 0
+        assert all(p.requires_grad for p in model.unet.parameters())
+        assert not any(p.requires_grad for p in model.text_encoder.parameters())
+        assert model.unet.training and not model.text_encoder.training
+        loss = trainer.loss({"pixel_values": torch.zeros(2, 3, model.resolution, model.resolution),
+                             "captions": ["a", "b"]})
+        assert loss.requires_grad
+    assert {n: p.requires_grad for n, p in model.unet.named_parameters()} == before
+    assert all(p.requires_grad for p in model.text_encoder.parameters())
+    assert not model.unet.training

@@ -98,9 +98,7 @@ class FreezeAsGuard(Defense):
         return lam1, lam2
 
     def protect(self, model, publisher_data: PublisherData, ctx: Context) -> ProtectedModel:
-        import torch
-
-        from advbench.finetune import accelerator_session
+        from advbench.finetune import FinetuneConfig, Trainer
         from advbench_plugins.defenses import fg_artifacts
         from advbench_plugins.defenses.fg_bilevel import BilevelState, RoleBatches, initial_w, learn_mask
 
@@ -117,13 +115,10 @@ class FreezeAsGuard(Defense):
         lam1, lam2 = self.lambdas(len(illegal), len(legal))
         cfg = self.bilevel_config(lam1, lam2, ctx)
         work = model.clone()
-        with accelerator_session(ctx.mixed_precision, ctx.device) as accelerator:
-            work.to(accelerator.device, torch.float32)
-            for module in work.components().values():
-                module.requires_grad_(False).eval()
-            work.unet.requires_grad_(True).train()  # θ(m) is differentiated; nothing else is
-            if cfg.gradient_checkpointing:
-                work.unet.enable_gradient_checkpointing()
+        # θ(m) is the work copy's UNet: the engine's trainer sets it up (device, precision, only the UNet
+        # differentiated and in train mode) but builds no optimizer: the bilevel updates are written by hand.
+        setup = FinetuneConfig(mixed_precision=ctx.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing)
+        with Trainer(work, setup, ctx, optimize=False) as trainer:
             pretrained = dict(model.unet.named_parameters())
             state = BilevelState(work.unet, pretrained, finetuned, initial_w(len(pretrained), cfg.init_w, ctx.seed),
                                  cfg.temperature)
@@ -134,7 +129,7 @@ class FreezeAsGuard(Defense):
                 ctx.log(f"freezeasguard mask step {row['mask_step']}/{cfg.mask_steps}: upper {row['upper_loss']:.4f} "
                         f"lower {row['lower_loss']:.4f} ratio {row['soft_ratio']:.3f} (hard {row['hard_ratio']:.3f})")
 
-            result = learn_mask(work, state, batches, cfg, ctx, accelerator, on_step=report)
+            result = learn_mask(work, state, batches, cfg, ctx, trainer.accelerator, on_step=report)
         del work, state
 
         sizes = {name: p.numel() for name, p in model.unet.named_parameters()}
