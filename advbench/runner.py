@@ -128,10 +128,13 @@ def _load_images(folder: Path) -> tuple[np.ndarray, list[str]]:
 def protect_stage(run: _CellRun) -> tuple[ProtectedModel, str]:
     """The defense on the publisher's share; the attack is checked against its constraints before training."""
     publisher = PublisherData(illegal={c: run.data.publisher[c] for c in run.illegal},
-                              legal={c: run.data.publisher[c] for c in run.legal})
+                              legal={c: run.data.publisher[c] for c in run.legal},
+                              nouns={c: run.domain.class_noun(c) for _, c in run.classes()},
+                              prompts={c: list(run.domain.prompts(c)) for _, c in run.classes()})
     key = run.key("protect", {"defense": run.json["defense"]["name"], "params": run.json["defense"]["params"],
                               "model": run.model_fp, "seed": run.cell.seed,
-                              "publisher": examples_hash([e for _, c in run.classes() for e in run.data.publisher[c]])})
+                              "publisher": examples_hash([e for _, c in run.classes() for e in run.data.publisher[c]]),
+                              "words": {"nouns": publisher.nouns, "prompts": publisher.prompts}})
 
     def build(folder: Path) -> None:
         ctx = run.context(folder / "artifacts")

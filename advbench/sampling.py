@@ -71,17 +71,25 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def generate(model, prompts: list[str], cfg: SamplingConfig, ctx: Context) -> np.ndarray:
+def generate(model, prompts: list[str] | torch.Tensor, cfg: SamplingConfig, ctx: Context,
+             uncond: torch.Tensor | None = None) -> np.ndarray:
     """Generate ``cfg.images_per_prompt`` images per prompt, in prompt order: uint8 N×H×W×3.
 
-    Prompts pass through ``model.rewrite_prompt`` (a learned token or identifier replaces the class name).
-    The unconditional branch of classifier-free guidance is the empty prompt.
+    ``prompts`` are strings, or conditioning tensors: text-encoder hidden states N×L×D, one per "prompt"
+    (what a defense or an attack that edits embeddings — a learned token, a mined concept — samples from).
+    String prompts pass through ``model.rewrite_prompt`` (a learned token or identifier replaces the class
+    name). The unconditional branch of classifier-free guidance is the empty prompt, or ``uncond`` (1×L×D).
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    prompts = [model.rewrite_prompt(p) for p in prompts]
-    jobs = [(i * cfg.images_per_prompt + j, p) for i, p in enumerate(prompts) for j in range(cfg.images_per_prompt)]
+    if isinstance(prompts, torch.Tensor):
+        if prompts.dim() != 3:
+            raise ParamError(f"conditioning must be N x tokens x width hidden states, got shape {tuple(prompts.shape)}")
+        items: list = list(prompts)
+    else:
+        items = [model.rewrite_prompt(p) for p in prompts]
+    jobs = [(i * cfg.images_per_prompt + j, item) for i, item in enumerate(items) for j in range(cfg.images_per_prompt)]
     origin = model.device
     device = torch.device(ctx.device)
     model.to(device)
@@ -94,27 +102,34 @@ def generate(model, prompts: list[str], cfg: SamplingConfig, ctx: Context) -> np
                      else contextlib.nullcontext())
         with torch.inference_mode(), progress, precision:
             task = progress.add_task("sampling", total=len(jobs))
-            uncond = model.encode_prompts([""]) if cfg.guidance_scale > 1 else None
+            if cfg.guidance_scale <= 1:
+                uncond = None
+            elif uncond is None:
+                uncond = model.encode_prompts([""])
             for start in range(0, len(jobs), cfg.batch_size):
                 chunk = jobs[start:start + cfg.batch_size]
-                out.append(_sample_batch(model, [p for _, p in chunk], [image_seed(ctx.seed, i) for i, _ in chunk],
-                                         uncond, cfg, device))
+                conditioning = [item for _, item in chunk]
+                cond = (model.encode_prompts(conditioning) if isinstance(conditioning[0], str)
+                        else torch.stack(conditioning).to(device))
+                if uncond is not None and uncond.shape[1:] != cond.shape[1:]:
+                    raise ParamError(f"the unconditional embedding {tuple(uncond.shape[1:])} and the conditioning "
+                                     f"{tuple(cond.shape[1:])} must have the same tokens x width")
+                out.append(_sample_batch(model, cond, [image_seed(ctx.seed, i) for i, _ in chunk], uncond, cfg, device))
                 progress.update(task, advance=len(chunk))
     finally:
         model.to(origin)
     return np.concatenate(out) if out else np.zeros((0, model.resolution, model.resolution, 3), np.uint8)
 
 
-def _sample_batch(model, prompts: list[str], seeds: list[int], uncond, cfg: SamplingConfig,
+def _sample_batch(model, cond: torch.Tensor, seeds: list[int], uncond, cfg: SamplingConfig,
                   device: torch.device) -> np.ndarray:
     scheduler = build_scheduler(model, cfg.scheduler)
     scheduler.set_timesteps(cfg.steps, device=device)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     latents = torch.stack([torch.randn(model.latent_shape, generator=g) for g in generators]).to(device)
     latents = latents * scheduler.init_noise_sigma
-    cond = model.encode_prompts(prompts)
     guided = uncond is not None
-    hidden = torch.cat([uncond.expand(len(prompts), -1, -1), cond]) if guided else cond
+    hidden = torch.cat([uncond.to(cond.device, cond.dtype).expand(len(cond), -1, -1), cond]) if guided else cond
     step_kwargs = {}
     step_params = inspect.signature(scheduler.step).parameters
     if "generator" in step_params:

@@ -88,3 +88,19 @@ def test_guidance_changes_images(model):
 def test_model_is_left_where_it_was(model):
     generate(model, PROMPTS[:1], cfg(images_per_prompt=1), Context(seed=0, progress=False, mixed_precision="bf16"))
     assert model.device == torch.device("cpu") and model.dtype == torch.float32
+
+
+def test_conditioning_tensors_sample_exactly_like_their_prompts(model):
+    """Hidden states in place of prompts give the same images; a custom unconditional embedding is used."""
+    prompts = ["a photo of class_0", "a photo of class_1", "a photo"]
+    cfg = SamplingConfig(steps=3, images_per_prompt=2, batch_size=4, guidance_scale=3.0)
+    with torch.no_grad():
+        hidden = model.encode_prompts(prompts)
+        other = model.encode_prompts(["a photo of class_1"])
+    from_words = generate(model, prompts, cfg, CTX)
+    assert np.array_equal(generate(model, hidden, cfg, CTX), from_words)
+    assert not np.array_equal(generate(model, hidden, cfg, CTX, uncond=other), from_words)
+    with pytest.raises(ParamError, match="tokens x width"):
+        generate(model, hidden[:, :3], cfg, CTX)
+    with pytest.raises(ParamError, match="N x tokens x width"):
+        generate(model, hidden[0], cfg, CTX)

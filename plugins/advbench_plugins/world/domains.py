@@ -55,6 +55,7 @@ class WorldDomain(Domain):
     """Base of the three tiny-world domains."""
 
     world: ClassVar[str] = ""
+    noun: ClassVar[str] = ""  # the coarse class word, as a real model would be prompted ("a photo of a person")
     Params = WorldParams
 
     def __init__(self, params=None):
@@ -80,6 +81,9 @@ class WorldDomain(Domain):
     def prompts(self, cls: str) -> list[str]:
         return self.generator.eval_prompts(cls)
 
+    def class_noun(self, cls: str) -> str:
+        return self.noun
+
     def base_model(self):
         from advbench.model import Model
         from advbench_plugins.world.build import model_dir
@@ -99,6 +103,7 @@ class Portraits(WorldDomain):
     """Synthetic identities' portraits (FreezeAsGuard's public figures); judged by identity distance."""
 
     world = "portraits"
+    noun = "person"
     primary_metric = "identity-distance"
     extra_metrics = ("identity-recognition", "clip-score", "kid")
 
@@ -107,6 +112,7 @@ class Artworks(WorldDomain):
     """Synthetic artists' paintings (FreezeAsGuard's artists); judged by style distance (CSD's role)."""
 
     world = "artworks"
+    noun = "painting"
     primary_metric = "style-distance"
     extra_metrics = ("style-recognition", "clip-score", "kid")
 
@@ -115,6 +121,7 @@ class Explicit(WorldDomain):
     """A restricted motif made of detectable parts (explicit content's stand-in); judged by motif score."""
 
     world = "explicit"
+    noun = "figure"
     primary_metric = "motif-score"
     extra_metrics = ("motif-recognition", "clip-score", "kid")
 
