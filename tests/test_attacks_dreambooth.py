@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+import advbench.adapters as adapters
 import advbench.sampling as sampling
-import advbench_plugins.attacks._common as common
 from advbench.errors import ParamError
 from advbench.finetune import SeededBatcher, diffusion_loss
 from advbench.hookspecs import hookimpl
@@ -139,7 +139,7 @@ def test_dreambooth_lora_with_text_encoder_saves_a_plain_model(tmp_path, data):
     changed = {n for n in text_before if not torch.equal(text_after[n], text_before[n])}
     assert changed and all(any(t in n for t in ("q_proj", "k_proj", "v_proj", "out_proj")) for n in changed)
     from safetensors import safe_open
-    with safe_open(str(tmp_path / common.LORA_FILE), "pt") as fh:
+    with safe_open(str(tmp_path / adapters.LORA_FILE), "pt") as fh:
         keys = list(fh.keys())
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
     adapted.save(tmp_path / "model")
@@ -199,7 +199,7 @@ def test_attack_runs_in_a_benchmark_cell(temp_plugin, tmp_path, name):
     snapshot = Model.load(tmp_path / "cache" / "adapt" / stages[0]["key"] / "model")
     assert stages[0]["budget"] == 1 and stages[0]["class"] == adapted[0]["class"]
     if "lora" in name:
-        assert (folder / "artifacts" / common.LORA_FILE).exists()
+        assert (folder / "artifacts" / adapters.LORA_FILE).exists()
         assert not any("lora" in k for k in snapshot.unet.state_dict())  # snapshots are merged too
     if name in ("t-dreambooth", "t-dreambooth-lora", "t-textual-inversion"):
         assert set(model.prompt_rewrites) == {adapted[0]["class"]}

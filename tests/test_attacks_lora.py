@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-import advbench_plugins.attacks._common as common
+import advbench.adapters as adapters
 from advbench.errors import ConstraintError, ParamError
 from advbench.interfaces import AttackData, Context, FreezeMask, ProtectedModel
 from advbench.params import build_params
@@ -42,13 +42,13 @@ def test_only_adapter_weights_train_and_merge_changes_only_targets(tmp_path, dat
     base = tiny_model()
     before = state(base.unet)
     seen = {}
-    merge = common.merge_lora
+    merge = adapters.merge_lora
 
     def spy(module):  # the adapted UNet just before its adapters are merged
         seen.update(state(module))
         merge(module)
 
-    monkeypatch.setattr(common, "merge_lora", spy)
+    monkeypatch.setattr(adapters, "merge_lora", spy)
     adapted = attack().adapt(ProtectedModel(base), data, ctx(tmp_path))
     lora = {n: t for n, t in seen.items() if "lora_" in n}
     assert lora and any(t.abs().sum() > 0 for n, t in lora.items() if "lora_B" in n)  # the adapters learned
@@ -65,7 +65,7 @@ def test_only_adapter_weights_train_and_merge_changes_only_targets(tmp_path, dat
 def test_saved_lora_file_reproduces_outputs_in_a_fresh_diffusers_unet(tmp_path, data):
     base = tiny_model()
     adapted = attack(rank=2, alpha=8.0, steps=3).adapt(ProtectedModel(base), data, ctx(tmp_path))
-    file = tmp_path / common.LORA_FILE
+    file = tmp_path / adapters.LORA_FILE
     assert file.exists()
     fresh = copy.deepcopy(base.unet)
     fresh.load_lora_adapter(str(file), prefix="unet")
@@ -87,8 +87,8 @@ def test_compliant_attaches_no_adapter_to_frozen_modules(tmp_path, data, monkeyp
     protected = ProtectedModel(base, [FreezeMask({n: n in frozen for n in names})])
     before = state(base.unet)
     wrapped = []
-    add = common.add_lora
-    monkeypatch.setattr(common, "add_lora", lambda module, mods, *a: wrapped.extend(mods) or add(module, mods, *a))
+    add = adapters.add_lora
+    monkeypatch.setattr(adapters, "add_lora", lambda module, mods, *a: wrapped.extend(mods) or add(module, mods, *a))
 
     compliant = attack(steps=3).adapt(protected, data, ctx(tmp_path / "c"))
     assert wrapped and not {f"{m}.weight" for m in wrapped} & frozen

@@ -233,7 +233,7 @@ class DreamBoothLoRA(DreamBooth):
             LoraParams.__post_init__(self)
 
     def prepare(self, model, frozen: set[str], ctx: Context):
-        from advbench_plugins.attacks._common import TEXT_TARGETS, add_lora, lora_targets
+        from advbench.adapters import TEXT_TARGETS, add_lora, lora_targets
 
         p = self.params
         names = lora_targets(model.unet, p.target_modules, frozen)
@@ -245,12 +245,12 @@ class DreamBoothLoRA(DreamBooth):
         return params, ()
 
     def merged(self, model):
-        from advbench_plugins.attacks._common import merged_copy
+        from advbench.adapters import merged_copy
 
         return merged_copy(model)
 
     def finish(self, model, ctx: Context) -> None:
-        from advbench_plugins.attacks._common import merge_lora, save_lora_file
+        from advbench.adapters import merge_lora, save_lora_file
 
         text_encoder = model.text_encoder if self.params.train_text_encoder else None
         if self.params.save_lora:

@@ -16,21 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from advbench.errors import ConstraintError
-from advbench.interfaces import Attack, AttackData, Context, FreezeMask, ProtectedModel
+from advbench.adapters import frozen_unet_names
+from advbench.interfaces import Attack, AttackData, Context, ProtectedModel
 from advbench.params import check, param
-
-
-def frozen_unet_names(constraints, attack_name: str) -> set[str]:
-    """UNet tensor names frozen by the freeze masks among ``constraints``."""
-    frozen: set[str] = set()
-    for c in constraints:
-        if isinstance(c, FreezeMask):
-            if c.component != "unet":
-                raise ConstraintError(f"attack '{attack_name}' only honours UNet freeze masks, not "
-                                      f"'{c.component}' ones; use --threat-model unconstrained to ignore it")
-            frozen |= set(c.frozen_names())
-    return frozen
 
 
 class FullFineTune(Attack):

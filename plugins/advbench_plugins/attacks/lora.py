@@ -22,10 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from advbench.adapters import UNET_TARGETS
 from advbench.interfaces import Attack, AttackData, Context, ProtectedModel
 from advbench.params import check, param
-
-from advbench_plugins.attacks._common import UNET_TARGETS
 
 
 @dataclass(frozen=True)
@@ -66,10 +65,10 @@ class Lora(Attack):
             check(self.lr > 0, f"lr must be positive, got {self.lr}")
 
     def adapt(self, protected: ProtectedModel, data: AttackData, ctx: Context):
+        from advbench.adapters import add_lora, lora_targets, merge_lora, merged_copy, save_lora_file
         from advbench.finetune import FinetuneConfig, finetune
 
-        from advbench_plugins.attacks._common import (add_lora, frozen_unet_tensors, lora_targets, merge_lora,
-                                                      merged_copy, save_lora_file)
+        from advbench_plugins.attacks._common import frozen_unet_tensors
 
         p = self.params
         frozen = frozen_unet_tensors(self, protected, ctx)

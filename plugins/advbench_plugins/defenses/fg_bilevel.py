@@ -127,26 +127,31 @@ def initial_w(n: int, init_w: float, seed: int) -> torch.Tensor:
 
 
 class RoleBatches:
-    """Per-step batches with both roles: half illegal, half legal images, from seeded epoch permutations."""
+    """Per-step batches with both roles: half illegal, half legal images, from seeded epoch permutations.
+
+    One :class:`advbench.finetune.SeededBatcher` per role (batch size: that role's share), drawn illegal first,
+    then legal, from the one generator; ``state_dict()`` / ``load_state_dict()`` carry both roles' queues.
+    """
 
     def __init__(self, illegal: list[Example], legal: list[Example], batch_size: int, resolution: int):
-        from advbench.data import examples_to_tensor
+        from advbench.finetune import SeededBatcher
 
-        self.pools = {}
         sizes = {"illegal": batch_size - batch_size // 2 if legal else batch_size, "legal": batch_size // 2}
-        for role, examples in (("illegal", illegal), ("legal", legal)):
-            if examples and sizes[role] > 0:
-                self.pools[role] = {"pixels": examples_to_tensor(examples, resolution),
-                                    "captions": [e.text for e in examples], "queue": [], "size": sizes[role]}
+        self.batchers = {role: SeededBatcher(examples, sizes[role], resolution)
+                         for role, examples in (("illegal", illegal), ("legal", legal))
+                         if examples and sizes[role] > 0}
 
     def draw(self, generator: torch.Generator) -> dict[str, tuple[torch.Tensor, list[str]]]:
-        out = {}
-        for role, pool in self.pools.items():
-            while len(pool["queue"]) < pool["size"]:
-                pool["queue"] += torch.randperm(len(pool["captions"]), generator=generator).tolist()
-            idx, pool["queue"] = pool["queue"][:pool["size"]], pool["queue"][pool["size"]:]
-            out[role] = (pool["pixels"][idx], [pool["captions"][i] for i in idx])
-        return out
+        return {role: batcher.draw(generator) for role, batcher in self.batchers.items()}
+
+    def state_dict(self) -> dict[str, dict]:
+        return {role: batcher.state_dict() for role, batcher in self.batchers.items()}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        if set(state) != set(self.batchers):
+            raise ValueError(f"batch state has roles {sorted(state)}, these batches {sorted(self.batchers)}")
+        for role, batcher in self.batchers.items():
+            batcher.load_state_dict(state[role])
 
 
 @dataclass
