@@ -14,3 +14,5 @@ def register_defenses(register):
              "Random-p freezing of UNet tensors (FreezeAsGuard's R-p baseline).")
     register("freezeasguard", "advbench_plugins.defenses.freezeasguard:FreezeAsGuard",
              "FreezeAsGuard: bilevel-learned freeze mask of UNet tensors against illegal adaptation.")
+    register("uce", "advbench_plugins.defenses.uce:UCE",
+             "UCE: closed-form edit of cross-attention K/V projections erasing the illegal classes' names.")
