@@ -17,6 +17,7 @@ from typing import Any
 
 from advbench import plugins
 from advbench.errors import UserError
+from advbench.exposure import BASES
 from advbench.interfaces import THREAT_MODELS
 from advbench.params import build_params, to_dict
 
@@ -74,12 +75,15 @@ class Cell:
     seed: int = 0
     model: str | None = None
     budgets: tuple[int, ...] | None = None  # None: the attack's default budgets (when it is anytime)
+    base: str = "naive"  # "exposed": the base fine-tuned on the publisher's share first (advbench.exposure)
 
     def __post_init__(self):
         if self.threat_model not in THREAT_MODELS:
             raise UserError(f"unknown threat model '{self.threat_model}'; use one of: {', '.join(THREAT_MODELS)}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise UserError(f"seed must be a non-negative integer, not {self.seed!r}")
+        if self.base not in BASES:
+            raise UserError(f"unknown base '{self.base}'; use one of: {', '.join(BASES)}")
         if self.budgets is not None:
             self.budgets = check_budgets(self.budgets)
             if not getattr(self.attack.plugin_class(), "anytime", False):
@@ -113,6 +117,8 @@ class Cell:
             "seed": self.seed,
             # absent for one-budget cells, so the ids of cells recorded before budgets existed are unchanged
             **({"budgets": list(budgets)} if (budgets := self.resolved_budgets()) else {}),
+            # absent for the naive base, so the ids of cells recorded before exposed bases existed are unchanged
+            **({"base": self.base} if self.base != "naive" else {}),
         }
 
     def validate(self) -> None:
@@ -122,8 +128,19 @@ class Cell:
         self.resolved_budgets()
 
     def describe(self) -> str:
-        return (f"{self.domain.name} | {self.defense.display_label()} vs {self.attack.display_label()} | "
+        domain = self.domain.name if self.base == "naive" else f"{self.domain.name} ({self.base} base)"
+        return (f"{domain} | {self.defense.display_label()} vs {self.attack.display_label()} | "
                 f"{self.threat_model} | seed {self.seed}")
+
+
+def domain_key(cell: dict[str, Any]) -> str:
+    """The leaderboard's domain column: the domain's name, with its base when it is not the naive one.
+
+    A defense on the exposed base is compared with the undefended exposed base only: the two bases are
+    different starting points (the exposed one already knows the classes), never mixed in one row.
+    """
+    base = cell.get("base", "naive")
+    return cell["domain"]["name"] if base == "naive" else f"{cell['domain']['name']} ({base})"
 
 
 def check_budgets(budgets: Any) -> tuple[int, ...]:

@@ -303,6 +303,11 @@ class Domain(Plugin, abc.ABC):
         """The coarse class word of ``cls`` ("person", "painting"), used by DreamBooth's class prompts."""
         return ""
 
+    def exposure(self) -> dict[str, Any]:
+        """Fine-tuning settings of this domain's exposed base (``FinetuneConfig`` keys) over the default recipe
+        :data:`advbench.exposure.EXPOSURE`; ``{}`` keeps it."""
+        return {}
+
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments of :class:`advbench.sampling.SamplingConfig` for this domain's evaluation."""
         return {}

@@ -23,6 +23,7 @@ import pandas as pd
 
 from advbench.curves import (Bounded, curve_summary, format_delay, mp_auc, record_before, record_curve,
                              relative_degradation)
+from advbench.cells import domain_key
 from advbench.errors import DataError
 
 KEYS = ["domain", "defense", "attack", "threat_model"]
@@ -36,7 +37,7 @@ SCORES = (("illegal", "mitigation_power"), ("legal", "legal_impact"))
 
 def _key(rec: dict[str, Any]) -> tuple[str, str, str, str]:
     cell = rec["cell"]
-    return cell["domain"]["name"], cell["defense"]["label"], cell["attack"]["label"], cell["threat_model"]
+    return domain_key(cell), cell["defense"]["label"], cell["attack"]["label"], cell["threat_model"]
 
 
 def _label(key: tuple[str, ...]) -> str:
@@ -101,7 +102,7 @@ def score_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     baselines: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
     for rec in records:
         if rec["cell"]["defense"]["name"] == BASELINE:
-            group = (rec["cell"]["domain"]["name"], rec["cell"]["attack"]["label"], rec["cell"]["threat_model"])
+            group = (domain_key(rec["cell"]), rec["cell"]["attack"]["label"], rec["cell"]["threat_model"])
             seed = rec["cell"]["seed"]
             if seed in baselines[group]:
                 raise DataError(f"two '{BASELINE}' baselines for {group[0]} | {group[1]} | {group[2]}, seed {seed} "
@@ -114,7 +115,7 @@ def score_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for rec in records:
         cell, metrics = rec["cell"], rec["metrics"]
         primary, hib, seed = metrics["primary"], directions[metrics["primary"]], cell["seed"]
-        group = (cell["domain"]["name"], cell["attack"]["label"], cell["threat_model"])
+        group = (domain_key(cell), cell["attack"]["label"], cell["threat_model"])
         base_seeds, seed_curves = baselines.get(group, {}), base_curves.get(group, {})
         base = base_seeds.get(seed)
         others = [b["metrics"] for b in base_seeds.values()]

@@ -15,6 +15,7 @@ import io
 import numpy as np
 import pandas as pd
 
+from advbench.cells import domain_key
 from advbench.curves import record_before
 from advbench.errors import UserError
 from advbench.leaderboard import BASELINE, _atomic_write, _budget_text, _mean_std, score_records
@@ -52,7 +53,7 @@ def plot_budget_curves(records: list[dict[str, Any]], path: str | Path, budget_p
         if isinstance(budget, bool) or not isinstance(budget, (int, float)):
             continue
         line = f"{cell['defense']['label']} ({cell['attack']['name']}, {cell['threat_model']})"
-        points[cell["domain"]["name"]][line][float(budget)].append(item["mitigation_power"])
+        points[domain_key(cell)][line][float(budget)].append(item["mitigation_power"])
     if not points:
         raise UserError(f"no attack in the results has a numeric parameter '{budget_param}'; "
                         "name another attack parameter as the budget")
@@ -81,12 +82,12 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     before: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     primaries: dict[tuple, set[str]] = defaultdict(set)
     items = [i for i in score_records(records) if len(i["curve"]) >= 2]
-    defended_domains = {i["record"]["cell"]["domain"]["name"] for i in items
+    defended_domains = {domain_key(i["record"]["cell"]) for i in items
                         if i["record"]["cell"]["defense"]["name"] != BASELINE}
     for item in items:
         cell = item["record"]["cell"]
-        split = cell["domain"]["name"] in defended_domains  # one row per attack, else the attacks are lines
-        panel = (cell["domain"]["name"], cell["attack"]["label"] if split else "", cell["threat_model"])
+        split = domain_key(cell) in defended_domains  # one row per attack, else the attacks are lines
+        panel = (domain_key(cell), cell["attack"]["label"] if split else "", cell["threat_model"])
         line = (cell["defense"]["name"] != BASELINE, cell["defense"]["label"] if split else
                 f"{cell['defense']['label']} vs {cell['attack']['label']}")
         primaries[panel].add(item["primary"])

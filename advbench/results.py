@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 THREAT_MODELS = ("compliant", "unconstrained")
-STAGES = ("protect", "adapt", "generate", "score")
+STAGES = ("expose", "protect", "adapt", "generate", "score")
 ROLES = ("illegal", "legal")
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "safetensors", "numpy")
 TOP_KEYS = ("schema_version", "cell_id", "config_hash", "cell", "metrics", "defense_info", "stages",
@@ -153,6 +153,7 @@ def validate_record(rec: Any) -> None:
     _require(budgets is None or (isinstance(budgets, list) and budgets and all(
         isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets) and budgets == sorted(set(budgets))),
         "cell.budgets must be an increasing list of positive integers, or absent")
+    _require(cell.get("base", "exposed") == "exposed", "cell.base must be \"exposed\" or absent (the naive base)")
     _check_metrics(rec["metrics"], version, budgets)
     if version >= 2:
         anytime = rec["anytime"]

@@ -30,7 +30,7 @@ from advbench.profiling import measure
 from advbench.results import ResultStore, build_record, cell_id, provenance
 
 # Bump a stage's version when its output format or semantics change, so old cache entries are not reused.
-STAGE_VERSIONS = {"protect": 1, "adapt": 1, "generate": 1, "score": 1}
+STAGE_VERSIONS = {"expose": 1, "protect": 1, "adapt": 1, "generate": 1, "score": 1}
 TRAIN_STATE = "train_state.pt"  # in an intermediate budget's adapt stage, until its class is finished
 
 
@@ -66,12 +66,21 @@ class _CellRun:
         self.budgets = cell.resolved_budgets()
         self.illegal, self.legal = list(self.domain.illegal_classes()), list(self.domain.legal_classes())
         self.data = split(self.domain.dataset(), self.illegal + self.legal, seed=self.domain.split_seed(cell.seed))
-        self.base = Model.load(cell.model) if cell.model else self.domain.base_model()
-        self.model_fp = _model_fingerprint(cell, self.base)
+        self.naive = Model.load(cell.model) if cell.model else self.domain.base_model()
+        self.model_fp = _model_fingerprint(cell, self.naive)
+        self.base, self.base_id, self.base_facts = self.naive, self.model_fp, {"base": "naive"}
         self.sampling = SamplingConfig(**self.domain.sampling())
         names = [self.domain.primary_metric, *[m for m in self.domain.extra_metrics if m != self.domain.primary_metric]]
         self.metrics = {name: _build_metric(name, self.domain) for name in names}
         self.metric_fps = {name: m.fingerprint() for name, m in self.metrics.items()}
+
+    def prepare_base(self) -> None:
+        """Build (or load) the exposed base when the cell asks for it; protect stages then start from it."""
+        if self.cell.base == "exposed":
+            from advbench.exposure import expose_stage
+
+            self.base, key, self.base_facts = expose_stage(self)
+            self.base_id = f"exposed:{key}"
 
     def classes(self) -> list[tuple[str, str]]:
         return [("illegal", c) for c in self.illegal] + [("legal", c) for c in self.legal]
@@ -132,7 +141,7 @@ def protect_stage(run: _CellRun) -> tuple[ProtectedModel, str]:
                               nouns={c: run.domain.class_noun(c) for _, c in run.classes()},
                               prompts={c: list(run.domain.prompts(c)) for _, c in run.classes()})
     key = run.key("protect", {"defense": run.json["defense"]["name"], "params": run.json["defense"]["params"],
-                              "model": run.model_fp, "seed": run.cell.seed,
+                              "model": run.base_id, "seed": run.cell.seed,
                               "publisher": examples_hash([e for _, c in run.classes() for e in run.data.publisher[c]]),
                               "words": {"nouns": publisher.nouns, "prompts": publisher.prompts}})
 
@@ -270,6 +279,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     run = _CellRun(cell, options, StageCache(options.cache_dir, enabled=options.use_cache))
+    run.prepare_base()
     protected, protect_key = protect_stage(run)
     curve: dict[int | None, dict[str, Any]] = {b: {} for b in (run.budgets or [None])}
     before: dict[str, Any] = {}
@@ -286,7 +296,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
         {n: bool(m.higher_is_better) for n, m in run.metrics.items()}, _anytime_facts(run), before or None,
         defense_info=protected.info, stages=run.stages, total_seconds=round(time.perf_counter() - t0, 3),
         provenance=provenance(options.device, extra={**_provenance_extra(cell), "model_fingerprint": run.model_fp,
-                                                     "metric_fingerprints": run.metric_fps}),
+                                                     "metric_fingerprints": run.metric_fps, "base": run.base_facts}),
         started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat())
     if store is not None:
         store.append(record)

@@ -5,6 +5,7 @@ name = "ci"
 results = "results/ci.jsonl"       # default results file (``advbench bench --results`` overrides)
 seeds = [0, 1, 2]
 threat_models = ["compliant"]      # and/or "unconstrained"
+bases = ["naive", "exposed"]       # optional (default naive): "exposed" fine-tunes the base on the publisher's share
 model = "path/to/model"            # optional: a local model folder instead of each domain's default
 
 [[domains]]
@@ -37,9 +38,10 @@ from typing import Any
 
 from advbench.cells import Cell, PluginSpec
 from advbench.errors import UserError
+from advbench.exposure import BASES
 
 TOP_KEYS = {"name", "description", "results", "seeds", "threat_models", "model", "domains", "defenses", "attacks",
-            "budgets"}
+            "budgets", "bases"}
 ENTRY_KEYS = {"name", "params", "label", "sweep"}
 ATTACK_KEYS = ENTRY_KEYS | {"budgets"}
 SECTIONS = {"domains": "domain", "defenses": "defense", "attacks": "attack"}
@@ -110,6 +112,10 @@ def load_spec(path: str | Path) -> BenchSpec:
     threats = data.get("threat_models", ["compliant"])
     if not isinstance(threats, list) or not threats:
         raise UserError(f"bench spec {path}: threat_models must be a non-empty list")
+    bases = data.get("bases", ["naive"])
+    if not isinstance(bases, list) or not bases or not all(b in BASES for b in bases):
+        raise UserError(f"bench spec {path}: bases must be a non-empty list of {' and/or '.join(BASES)}, "
+                        f"got {bases!r}")
     lists: dict[str, list[PluginSpec]] = {}
     budgets: dict[int, Any] = {}  # id of an attack spec -> its entry's budgets (or the spec's)
     for section, kind in SECTIONS.items():
@@ -125,9 +131,9 @@ def load_spec(path: str | Path) -> BenchSpec:
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise UserError(f"bench spec {path}: model must be a path string")
-    cells = [Cell(defense, attack, domain, threat, seed, model, budgets[id(attack)])
-             for domain in lists["domains"] for defense in lists["defenses"] for attack in lists["attacks"]
-             for threat in threats for seed in seeds]
+    cells = [Cell(defense, attack, domain, threat, seed, model, budgets[id(attack)], base)
+             for domain in lists["domains"] for base in bases for defense in lists["defenses"]
+             for attack in lists["attacks"] for threat in threats for seed in seeds]
     for cell in cells:
         cell.validate()
     for section, specs in lists.items():

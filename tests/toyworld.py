@@ -54,6 +54,9 @@ class ToyDomain(Domain):
 
         return tiny_model(seed=0)
 
+    def exposure(self):
+        return {"steps": 2, "batch_size": 2}  # the exposed base in two steps (the default recipe takes minutes)
+
     def sampling(self):
         return {"scheduler": "ddim", "steps": 2, "guidance_scale": 2.0, "images_per_prompt": 2, "batch_size": 2}
 

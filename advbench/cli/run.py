@@ -30,10 +30,13 @@ DEFAULT_RESULTS = "results/runs.jsonl"
 @click.option("--budgets", default=None, metavar="B1,B2,...",
               help="Attack steps to score at, e.g. 25,50,100,200 (the last is the attack's steps). "
                    "Default: steps/8, /4, /2, steps.")
+@click.option("--base", type=click.Choice(["naive", "exposed"]), default="naive", show_default=True,
+              help="exposed: fine-tune the base on the publisher's share of every class first (what an erasure "
+                   "defense needs to erase).")
 @click.option("--no-baseline", is_flag=True, help="Do not run the undefended cell for the verdict.")
 @execution_options
 def run(defense, defense_args, attack, attack_args, domain, domain_args, threat_model, seed, model_path,
-        results, budgets, no_baseline, **execution):
+        results, budgets, base, no_baseline, **execution):
     """Run one cell: protect, attack each class, generate, score; print the illegal/legal table and a verdict
     against the undefended model."""
     import time
@@ -48,12 +51,12 @@ def run(defense, defense_args, attack, attack_args, domain, domain_args, threat_
     domain_spec = PluginSpec("domain", domain, parse_assignments(domain_args, "--domain-arg"))
     budgets = check_budgets(budgets) if budgets is not None else None
     cell = Cell(PluginSpec("defense", defense, parse_assignments(defense_args, "--defense-arg")),
-                attack_spec, domain_spec, threat_model, seed, model_path, budgets)
+                attack_spec, domain_spec, threat_model, seed, model_path, budgets, base)
     cell.validate()
     baseline = None
     if not no_baseline and defense != "none":
         baseline = Cell(PluginSpec("defense", "none"), cell.attack, domain_spec, threat_model, seed, model_path,
-                        cell.budgets)
+                        cell.budgets, base)
         baseline.validate()
     store = ResultStore(results)
     store.records()  # a corrupt results file is reported before any work

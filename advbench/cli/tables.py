@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from advbench.cells import domain_key
+
 
 def _fmt(value: Any) -> str:
     # Labels such as "fullft[steps=100]" would otherwise be read as rich markup and vanish.
@@ -20,7 +22,7 @@ def print_record(record: dict[str, Any], console: Console | None = None) -> None
     metrics = record["metrics"]
     names = list(metrics["higher_is_better"])
     cell = record["cell"]
-    table = Table(title=escape(f"{cell['domain']['name']}: {cell['defense']['label']} vs {cell['attack']['label']} "
+    table = Table(title=escape(f"{domain_key(cell)}: {cell['defense']['label']} vs {cell['attack']['label']} "
                                f"({cell['threat_model']}, seed {cell['seed']})"))
     table.add_column("class", overflow="fold")
     table.add_column("role", overflow="fold")
