@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 
 BASES = ("naive", "exposed")
 EXPOSURE_VERSION = 1
-# Full fine-tuning at the world check's attacker rate; long enough that the world's judges recognise the
-# classes with no attack at all (docs/world.md, "The exposed base", has the measurement).
-EXPOSURE: dict[str, Any] = {"steps": 400, "batch_size": 8, "lr": 5e-4, "optimizer": "adam"}
+# Full fine-tuning of the UNet *and* the text encoder at the world check's attacker rate. The text encoder
+# matters: with the UNet alone (400 or 800 steps) one of two portraits identities stayed unrecognised
+# (recognition 0.06) because the naive text encoder barely separates the names; SD's text encoder knows them.
+# docs/world.md ("The exposed base") has the measurements.
+EXPOSURE: dict[str, Any] = {"steps": 400, "batch_size": 8, "lr": 5e-4, "optimizer": "adam", "train_text_encoder": True}
 
 
 def exposure_recipe(domain: Any) -> dict[str, Any]:

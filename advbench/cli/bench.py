@@ -105,7 +105,8 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def _row(cell, record, status):
-    row = {"domain": cell.domain.display_label(), "defense": cell.defense.display_label(),
+    domain = cell.domain.display_label() + ("" if cell.base == "naive" else f" ({cell.base})")
+    row = {"domain": domain, "defense": cell.defense.display_label(),
            "attack": cell.attack.display_label(), "threat": cell.threat_model, "seed": cell.seed, "status": status}
     if record is not None:
         primary = record["metrics"]["primary"]

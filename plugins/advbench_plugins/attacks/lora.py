@@ -14,7 +14,7 @@ attacker adapts every target module.
 Tiny-world defaults versus the papers (see docs/attacks.md): IMMA's LoRA attack uses rank 4 and lr 1e-4 on
 SD 1.5 (diffusers' example: rank 4, lr 1e-4, AdamW, 15k steps at batch 1). Here: rank 4, alpha 4, lr 2e-3,
 batch 8, 200 steps — the 32×32 world model needs a larger rate to learn a class in a few hundred steps, as
-for full fine-tuning (fullft: 5e-4 here, 1e-5 in FreezeAsGuard).
+for full fine-tuning (fullft: 1e-4 here since issue 13, 1e-5 in FreezeAsGuard).
 """
 
 from __future__ import annotations
