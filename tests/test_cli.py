@@ -216,6 +216,8 @@ def test_folder_domain_metric_args():
     params = build_params(FolderDomain.Params, {**base, "metric_args": "openclip-score.checkpoint=c.st,x.k=1"}, "d")
     domain = FolderDomain(params)
     assert domain.metric_params("openclip-score") == {"checkpoint": "c.st"} and domain.metric_params("y") == {}
+    assert domain.class_noun("a") == ""
+    assert FolderDomain(build_params(FolderDomain.Params, {**base, "noun": "person"}, "d")).class_noun("a") == "person"
     with pytest.raises(ParamError, match="METRIC.KEY=VALUE"):
         build_params(FolderDomain.Params, {**base, "metric_args": "nokey"}, "d")
 

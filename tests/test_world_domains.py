@@ -38,6 +38,9 @@ def test_domain_interface(name):
     assert all(illegal[0] in p for p in domain.prompts(illegal[0]))
     SamplingConfig(**domain.sampling())  # valid keyword arguments
     assert domain.metric_params(domain.primary_metric) == {}
+    # a real word the world model was pretrained on, as SD knows "person" (DreamBooth's class noun, UCE's guide)
+    noun = {"portraits": "person", "artworks": "painting", "explicit": "figure"}[name]
+    assert domain.class_noun(illegal[0]) == domain.class_noun(legal[0]) == noun
 
 
 def test_domain_params_validated():

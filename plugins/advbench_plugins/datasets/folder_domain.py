@@ -27,6 +27,8 @@ class FolderDomain(Domain):
         illegal: tuple[str, ...] = param((), "Illegal classes (comma-separated).")
         legal: tuple[str, ...] = param((), "Legal classes (comma-separated).")
         prompt_template: str = param("a photo of {cls}", "Evaluation prompt; {cls} is the class name.")
+        noun: str = param("", "Coarse class word of every class, e.g. person (DreamBooth's class prompts, UCE's "
+                              "guide); empty: none.")
         primary_metric: str = param("", "Name of the primary metric plugin.")
         extra_metrics: tuple[str, ...] = param((), "Other metric plugins to report.")
         metric_args: tuple[str, ...] = param(
@@ -69,6 +71,9 @@ class FolderDomain(Domain):
 
     def prompts(self, cls):
         return [self.params.prompt_template.format(cls=cls)]
+
+    def class_noun(self, cls):
+        return self.params.noun
 
     def metric_params(self, metric):
         out = {}
