@@ -139,8 +139,12 @@ def domain_key(cell: dict[str, Any]) -> str:
     A defense on the exposed base is compared with the undefended exposed base only: the two bases are
     different starting points (the exposed one already knows the classes), never mixed in one row.
     """
-    base = cell.get("base", "naive")
-    return cell["domain"]["name"] if base == "naive" else f"{cell['domain']['name']} ({base})"
+    return with_base(cell["domain"]["name"], cell.get("base", "naive"))
+
+
+def with_base(domain: str, base: str) -> str:
+    """``domain`` as a table shows it: unchanged on the naive base, else with the base in brackets."""
+    return domain if base == "naive" else f"{domain} ({base})"
 
 
 def check_budgets(budgets: Any) -> tuple[int, ...]:

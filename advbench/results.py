@@ -153,7 +153,7 @@ def validate_record(rec: Any) -> None:
     _require(budgets is None or (isinstance(budgets, list) and budgets and all(
         isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets) and budgets == sorted(set(budgets))),
         "cell.budgets must be an increasing list of positive integers, or absent")
-    _require(cell.get("base", "exposed") == "exposed", "cell.base must be \"exposed\" or absent (the naive base)")
+    _require("base" not in cell or cell["base"] == "exposed", "cell.base must be \"exposed\" or absent (the naive base)")
     _check_metrics(rec["metrics"], version, budgets)
     if version >= 2:
         anytime = rec["anytime"]

@@ -105,8 +105,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def _row(cell, record, status):
-    domain = cell.domain.display_label() + ("" if cell.base == "naive" else f" ({cell.base})")
-    row = {"domain": domain, "defense": cell.defense.display_label(),
+    from advbench.cells import with_base
+
+    row = {"domain": with_base(cell.domain.display_label(), cell.base), "defense": cell.defense.display_label(),
            "attack": cell.attack.display_label(), "threat": cell.threat_model, "seed": cell.seed, "status": status}
     if record is not None:
         primary = record["metrics"]["primary"]

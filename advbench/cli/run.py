@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from advbench.cli.options import execution_options, run_options
+from advbench.exposure import BASES
 from advbench.interfaces import THREAT_MODELS
 
 DEFAULT_RESULTS = "results/runs.jsonl"
@@ -30,7 +31,7 @@ DEFAULT_RESULTS = "results/runs.jsonl"
 @click.option("--budgets", default=None, metavar="B1,B2,...",
               help="Attack steps to score at, e.g. 25,50,100,200 (the last is the attack's steps). "
                    "Default: steps/8, /4, /2, steps.")
-@click.option("--base", type=click.Choice(["naive", "exposed"]), default="naive", show_default=True,
+@click.option("--base", type=click.Choice(BASES), default="naive", show_default=True,
               help="exposed: fine-tune the base on the publisher's share of every class first (what an erasure "
                    "defense needs to erase).")
 @click.option("--no-baseline", is_flag=True, help="Do not run the undefended cell for the verdict.")
