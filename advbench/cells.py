@@ -21,6 +21,9 @@ from advbench.exposure import BASES
 from advbench.interfaces import THREAT_MODELS
 from advbench.params import build_params, to_dict
 
+PRECISIONS = ("no", "fp16", "bf16")  # accelerate's mixed-precision names
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes < 2**32; torch's generators take any of these
+
 
 @dataclass
 class PluginSpec:
@@ -76,12 +79,15 @@ class Cell:
     model: str | None = None
     budgets: tuple[int, ...] | None = None  # None: the attack's default budgets (when it is anytime)
     base: str = "naive"  # "exposed": the base fine-tuned on the publisher's share first (advbench.exposure)
+    mixed_precision: str = "no"  # fp16/bf16 change the numbers, so they are part of the cell
 
     def __post_init__(self):
         if self.threat_model not in THREAT_MODELS:
             raise UserError(f"unknown threat model '{self.threat_model}'; use one of: {', '.join(THREAT_MODELS)}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise UserError(f"seed must be a non-negative integer, not {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed must be an integer from 0 to {MAX_SEED} (2**32 - 1), not {self.seed!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise UserError(f"unknown mixed precision '{self.mixed_precision}'; use one of: {', '.join(PRECISIONS)}")
         if self.base not in BASES:
             raise UserError(f"unknown base '{self.base}'; use one of: {', '.join(BASES)}")
         if self.budgets is not None:
@@ -119,18 +125,27 @@ class Cell:
             **({"budgets": list(budgets)} if (budgets := self.resolved_budgets()) else {}),
             # absent for the naive base, so the ids of cells recorded before exposed bases existed are unchanged
             **({"base": self.base} if self.base != "naive" else {}),
+            # absent in full precision, so the ids of cells recorded before precision was part of a cell are unchanged
+            **({"mixed_precision": self.mixed_precision} if self.mixed_precision != "no" else {}),
         }
 
-    def validate(self) -> None:
-        """Resolve every plugin and parameter (raises a UserError on the first mistake)."""
+    def validate(self, deep: bool = True) -> None:
+        """Resolve every plugin and parameter (raises a UserError on the first mistake); ``deep`` also checks
+        everything the cell will read (metrics, model folder, every image, class sizes: :mod:`advbench.validation`)
+        before any stage runs."""
         for spec in (self.defense, self.attack, self.domain):
             spec.build()
         self.resolved_budgets()
+        if deep:
+            from advbench.validation import check_cell
+
+            check_cell(self)
 
     def describe(self) -> str:
         domain = self.domain.name if self.base == "naive" else f"{self.domain.name} ({self.base} base)"
+        precision = "" if self.mixed_precision == "no" else f" | {self.mixed_precision}"
         return (f"{domain} | {self.defense.display_label()} vs {self.attack.display_label()} | "
-                f"{self.threat_model} | seed {self.seed}")
+                f"{self.threat_model} | seed {self.seed}{precision}")
 
 
 def domain_key(cell: dict[str, Any]) -> str:

@@ -50,8 +50,13 @@ class ImageFolderDataset(InMemoryDataset):
         if not meta.exists():
             raise DataError(f"dataset folder {folder} has no {METADATA}; add one JSON line per image: "
                             f'{{"file_name": "img.png", "text": "a photo of x", "class": "x"}}')
+        try:
+            text = meta.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{meta} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                            "re-save it as UTF-8") from None
         data: dict[str, list[Example]] = {}
-        for number, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             example = self._parse(meta, number, line)
@@ -79,7 +84,21 @@ class ImageFolderDataset(InMemoryDataset):
         if not path.is_file():
             raise DataError(f"{where}: file_name {row['file_name']!r} does not exist in {self.folder}; "
                             f"add the image or remove the line")
+        _verify_image(path, where)
         return Example(text=row["text"], cls=row["class"], path=str(path))
+
+
+def _verify_image(path: Path, where: str) -> None:
+    """Check an image's header and structure now (PIL's verify), not when a stage first reads its pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{where}: image {path} is not a readable image ({reason}); replace it or remove "
+                        "its line") from None
 
 
 @dataclass
@@ -96,6 +115,18 @@ def _class_seed(seed: int, cls: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\x00{cls}".encode()).digest()[:8], "little")
 
 
+def split_sizes(n: int, reference_fraction: float = 0.2, publisher_fraction: float = 0.5) -> tuple[int, int, int]:
+    """(references, publisher, attacker) image counts of a class of ``n`` images (see :func:`split`)."""
+    if not 0.0 < reference_fraction < 1.0:
+        raise DataError(f"reference_fraction must be in (0, 1), got {reference_fraction}")
+    if not 0.0 < publisher_fraction < 1.0:
+        raise DataError(f"publisher_fraction must be in (0, 1), got {publisher_fraction}")
+    n_ref = max(1, round(n * reference_fraction))
+    rest = n - n_ref
+    n_pub = min(max(1, round(rest * publisher_fraction)), rest - 1)
+    return n_ref, n_pub, rest - n_pub
+
+
 def split(dataset: Dataset, classes: list[str], seed: int, reference_fraction: float = 0.2,
           publisher_fraction: float = 0.5) -> DataSplit:
     """Split each class: a seeded shuffle, the reference set held out first, the rest publisher | attacker.
@@ -104,18 +135,12 @@ def split(dataset: Dataset, classes: list[str], seed: int, reference_fraction: f
     ``round(r * publisher_fraction)`` go to the publisher (at least one) and the rest (at least one) to the
     attacker — the FreezeAsGuard paper's 50/50 publisher/attacker protocol by default.
     """
-    if not 0.0 < reference_fraction < 1.0:
-        raise DataError(f"reference_fraction must be in (0, 1), got {reference_fraction}")
-    if not 0.0 < publisher_fraction < 1.0:
-        raise DataError(f"publisher_fraction must be in (0, 1), got {publisher_fraction}")
     out = DataSplit({}, {}, {})
     for cls in classes:
         examples = dataset.examples(cls)
         n = len(examples)
-        n_ref = max(1, round(n * reference_fraction))
-        rest = n - n_ref
-        n_pub = min(max(1, round(rest * publisher_fraction)), rest - 1)
-        if rest < 2:
+        n_ref, n_pub, _ = split_sizes(n, reference_fraction, publisher_fraction)
+        if n - n_ref < 2:
             raise DataError(f"class {cls!r} has only {n} image(s); the split needs at least 3 (reference, "
                             f"publisher, attacker): add images to that class")
         order = np.random.default_rng(_class_seed(seed, cls)).permutation(n)

@@ -50,14 +50,14 @@ def expose_stage(run: _CellRun) -> tuple[Any, str, dict[str, Any]]:
     examples = [e for _, c in run.classes() for e in run.data.publisher[c]]
     key = run.key("expose", {"version": EXPOSURE_VERSION, "model": run.model_fp, "seed": run.cell.seed,
                              "publisher": examples_hash(examples), "recipe": recipe,
-                             "mixed_precision": run.options.mixed_precision})
+                             "mixed_precision": run.cell.mixed_precision})
 
     def build(folder: Path) -> None:
         model = run.naive.clone()
         ctx = run.context(folder / "artifacts")
         ctx.log(f"exposed base: fine-tuning on the publisher's share of {len(run.classes())} classes "
                 f"({len(examples)} images, {recipe['steps']} steps)")
-        result = finetune(model, examples, FinetuneConfig(**recipe, mixed_precision=run.options.mixed_precision), ctx)
+        result = finetune(model, examples, FinetuneConfig(**recipe, mixed_precision=run.cell.mixed_precision), ctx)
         model.save(folder / "model")
         (folder / "exposure.json").write_text(json.dumps({"recipe": recipe, "images": len(examples),
                                                           "final_loss": result.losses[-1],

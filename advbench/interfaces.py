@@ -252,6 +252,8 @@ class Metric(Plugin, abc.ABC):
     higher_is_better: ClassVar[bool] = True
     needs_references: ClassVar[bool] = True
     needs_prompts: ClassVar[bool] = False
+    min_images: ClassVar[int] = 1  # generated images per class below which the score is undefined
+    min_references: ClassVar[int] = 1  # reference images per class (when it needs references), likewise
 
     @abc.abstractmethod
     def score(self, images: np.ndarray, references: np.ndarray | None, prompts: list[str] | None,
@@ -271,12 +273,18 @@ class Metric(Plugin, abc.ABC):
         """
         return None
 
+    def check_domain(self, domain: Domain) -> str | None:
+        """Why this metric's numbers would mean nothing on ``domain`` (e.g. judges trained for another world),
+        or None when it can score it. The cell is refused before any work when this returns a reason."""
+        return None
+
 
 class Domain(Plugin, abc.ABC):
     """A benchmark scenario: a dataset, its illegal and legal classes, prompts, metrics and default model."""
 
     primary_metric: ClassVar[str] = ""
     extra_metrics: ClassVar[tuple[str, ...]] = ()
+    version: ClassVar[str | None] = None  # data/world version recorded in provenance; records of two never mix
 
     @abc.abstractmethod
     def dataset(self) -> Dataset: ...
@@ -298,6 +306,10 @@ class Domain(Plugin, abc.ABC):
     def metric_params(self, metric: str) -> dict[str, Any]:
         """Parameters to build the named metric with (e.g. the judge weights that fit this domain)."""
         return {}
+
+    def model_folder(self) -> str | None:
+        """The local folder :meth:`base_model` loads, checked before any work; None when it is built in."""
+        return None
 
     def class_noun(self, cls: str) -> str:
         """The coarse class word of ``cls`` ("person", "painting"), used by DreamBooth's class prompts."""

@@ -25,6 +25,7 @@ from advbench.curves import (Bounded, curve_summary, format_delay, mp_auc, recor
                              relative_degradation)
 from advbench.cells import domain_key
 from advbench.errors import DataError
+from advbench.numerics import check_comparable
 
 KEYS = ["domain", "defense", "attack", "threat_model"]
 BASELINE = "none"
@@ -98,6 +99,7 @@ def score_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     with the primary metric's ``illegal``/``legal`` means; ``mp_auc`` is the mean of that MP over log-budget.
     """
     records = _unique(records)
+    check_comparable(records, lambda rec: domain_key(rec["cell"]))
     directions = _directions(records)
     baselines: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
     for rec in records:

@@ -7,7 +7,9 @@ B×3f²×H/f×W/f "latents"). Every defense, attack and sampler in advbench work
 
 On disk a model is a diffusers-style folder — ``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``,
 optional ``vae/`` — with weights in safetensors only, plus ``advbench_model.json`` (layout, prompt rewrites,
-resolution). ``Model.load`` also reads a plain Stable Diffusion pipeline folder saved by diffusers.
+resolution). ``Model.load`` also reads a plain Stable Diffusion pipeline folder saved by diffusers, and reaches the
+Hugging Face hub only for an explicit ``hf:OWNER/NAME``; :mod:`advbench.modelfiles` reads the files and names the
+culprit of every failure.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,26 @@ import torch
 import torch.nn.functional as F
 
 from advbench.errors import DataError
+from advbench.modelfiles import (
+    FORMAT_VERSION,
+    META_FILE,
+    SAVE_HINT,
+    WEIGHTS,
+    check_part_files,
+    fatal,
+    load_part,
+    parts,
+    read_layout,
+    reason,
+)
+from advbench.modelfiles import quiet as _quiet
 
-FORMAT_VERSION = 1
-META_FILE = "advbench_model.json"
 LAYOUTS = ("identity", "space_to_depth")
-SAVE_HINT = "point --model at a diffusers folder saved with save_pretrained(safe_serialization=True)"
-_WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
-            "text_encoder": "model.safetensors"}
-_CONFIGS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
-            "scheduler": "scheduler_config.json"}
+HUB_PREFIX = "hf:"
+_HUB_PART = r"[A-Za-z0-9_](?:[\w.-]{0,94}[A-Za-z0-9_])?"
+_HUB_ID = re.compile(rf"^{_HUB_PART}/{_HUB_PART}$", re.ASCII)  # as the hub spells repository ids
+_HUB_FILES = ["*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors"]
+_HUB_SKIP = ["*.fp16.safetensors", "*.non_ema.safetensors"]
 
 
 def _check_layout(layout: dict[str, Any] | None, has_vae: bool) -> dict[str, Any] | None:
@@ -189,8 +201,8 @@ class Model:
             self.vae.save_pretrained(folder / "vae", safe_serialization=True)
             (folder / "model_index.json").write_text(json.dumps(self._model_index(), indent=2))
         for part in self.components():
-            if not (folder / part / _WEIGHTS[part]).exists():
-                raise RuntimeError(f"{part} was not saved as {folder / part / _WEIGHTS[part]}")
+            if not (folder / part / WEIGHTS[part]).exists():
+                raise RuntimeError(f"{part} was not saved as {folder / part / WEIGHTS[part]}")
         meta = {"format_version": FORMAT_VERSION, "layout": self.layout, "prompt_rewrites": self.prompt_rewrites,
                 "resolution": self.resolution}
         (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -208,63 +220,81 @@ class Model:
                 "feature_extractor": [None, None], "requires_safety_checker": False}
 
     @classmethod
-    def load(cls, folder: str | Path) -> Model:
-        """Load an advbench model folder or a Stable Diffusion pipeline folder (or, online, a hub id)."""
-        path = Path(folder).expanduser()
-        if not path.exists():
-            hub = _hub_snapshot(str(folder))
-            if hub is None:
-                raise DataError(f"model folder {folder} does not exist; {SAVE_HINT}")
-            path = hub
-        if not path.is_dir():
-            raise DataError(f"model path {folder} is a file, not a folder; {SAVE_HINT}")
-        meta: dict[str, Any] = {}
-        if (path / META_FILE).exists():
-            try:
-                meta = json.loads((path / META_FILE).read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise DataError(f"{path / META_FILE} is not valid JSON ({exc}); re-save the model with "
-                                f"advbench or delete the file if the folder is a Stable Diffusion pipeline") from None
-            if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-                raise DataError(f"{path / META_FILE} has format_version {meta['format_version']}, newer than this "
-                                f"advbench understands ({FORMAT_VERSION}); upgrade advbench")
-        has_vae = (path / "vae").is_dir() or "vae" in _model_index_parts(path)
-        if not has_vae and not meta:
-            raise DataError(f"model folder {path} has neither vae/ nor {META_FILE}; {SAVE_HINT} "
-                            f"(a Stable Diffusion pipeline folder, or a folder written by advbench)")
-        parts = ["unet", "text_encoder", "scheduler"] + (["vae"] if has_vae else [])
-        for part in parts:
-            _require(path, part, _CONFIGS[part])
-            if part in _WEIGHTS:
-                _require_weights(path, part)
-        tok_dir = path / "tokenizer"
-        if not tok_dir.is_dir() or not any(tok_dir.iterdir()):
-            raise DataError(f"model folder {path} has no tokenizer/ (tokenizer.json, or vocab.json + merges.txt); "
-                            f"{SAVE_HINT}")
-        return cls(_load_part(path, "unet"), _load_part(path, "text_encoder"), _load_part(path, "tokenizer"),
-                   _load_part(path, "scheduler"), _load_part(path, "vae") if has_vae else None,
-                   layout=meta.get("layout"), prompt_rewrites=meta.get("prompt_rewrites"),
-                   resolution=meta.get("resolution"))
+    def load(cls, folder: str | os.PathLike) -> Model:
+        """Load a local advbench model folder or Stable Diffusion pipeline folder, or the hub snapshot of an
+        explicit ``hf:OWNER/NAME`` (nothing else reaches a hub). A DataError names the culprit: a missing file, a
+        wrong config, a config that does not match the weights, corrupt weights (advbench.modelfiles)."""
+        path = resolve_folder(folder)
+        meta, has_vae = read_layout(path)
+        loaded = {part: load_part(path, part) for part in [*parts(has_vae), "tokenizer"]}
+        try:
+            return cls(loaded["unet"], loaded["text_encoder"], loaded["tokenizer"], loaded["scheduler"],
+                       loaded.get("vae"), layout=meta.get("layout"), prompt_rewrites=meta.get("prompt_rewrites"),
+                       resolution=meta.get("resolution"))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise DataError(f"{path / META_FILE} does not fit the model in {path}: {exc}; re-save the model with "
+                            f"advbench") from None
+
+
+def check_folder(folder: str | os.PathLike) -> None:
+    """What :meth:`Model.load` checks before building anything, without building or downloading: a local folder's
+    layout, configs (JSON objects) and safetensors files (complete headers), or the form of an ``hf:`` id."""
+    if os.fspath(folder).startswith(HUB_PREFIX):
+        parse_hub_id(os.fspath(folder))
+        return
+    path = resolve_folder(folder)
+    _, has_vae = read_layout(path)
+    for part in [*parts(has_vae), "tokenizer"]:
+        check_part_files(path, part)
+
+
+# ------------------------------------------------------------------------------------- where the model is
+def is_hub_id(text: str) -> bool:
+    """``owner/name`` as the Hugging Face hub spells repository ids."""
+    return bool(_HUB_ID.match(text)) and ".." not in text and "--" not in text and not text.endswith(".git")
+
+
+def parse_hub_id(text: str) -> str:
+    """The repository id of ``hf:OWNER/NAME``; a DataError when it is malformed."""
+    repo = text[len(HUB_PREFIX):]
+    if not is_hub_id(repo):
+        raise DataError(f"hub id {text} is malformed: write {HUB_PREFIX}OWNER/NAME (letters, digits, '-', '_', '.'), "
+                        f"e.g. {HUB_PREFIX}stable-diffusion-v1-5/stable-diffusion-v1-5, or pass a local model folder")
+    return repo
+
+
+def resolve_folder(folder: str | os.PathLike) -> Path:
+    """The local folder to load: ``folder`` itself, or the hub snapshot of an explicit ``hf:OWNER/NAME``."""
+    text = os.fspath(folder)
+    if text.startswith(HUB_PREFIX):
+        return _hub_snapshot(parse_hub_id(text))
+    path = Path(text).expanduser()
+    if not path.exists():
+        hint = f" (to download from the Hugging Face hub, write {HUB_PREFIX}{text})" if is_hub_id(text) else ""
+        raise DataError(f"model folder {text} does not exist; {SAVE_HINT}{hint}")
+    if not path.is_dir():
+        raise DataError(f"model path {text} is a file, not a folder; {SAVE_HINT}")
+    return path
+
+
+def _hub_snapshot(repo: str) -> Path:
+    """The snapshot of hub repository ``repo`` (configs, tokenizer files, safetensors weights; from the local hub
+    cache when ``HF_HUB_OFFLINE`` is set), or a DataError saying how to place the folder locally instead."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo, allow_patterns=_HUB_FILES, ignore_patterns=_HUB_SKIP))
+    except Exception as exc:  # offline, unreachable, unknown or gated: one way to fail for the user
+        fatal(exc)
+        name = repo.split("/")[-1]
+        raise DataError(f"model {HUB_PREFIX}{repo} could not be downloaded from the Hugging Face hub "
+                        f"({reason(exc)}); place it locally instead: on a machine with network access run "
+                        f"StableDiffusionPipeline.from_pretrained('{repo}').save_pretrained('models/{name}', "
+                        f"safe_serialization=True), copy models/{name} here and give that folder as the model "
+                        f"(e.g. --model models/{name})") from None
 
 
 # ------------------------------------------------------------------------------------------ helpers
-@contextmanager
-def _quiet():
-    """Silence transformers' per-file progress bars and diffusers' warnings (restored afterwards)."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    was_enabled, verbosity = tlog.is_progress_bar_enabled(), dlog.get_verbosity()
-    tlog.disable_progress_bar()
-    dlog.set_verbosity_error()
-    try:
-        yield
-    finally:
-        dlog.set_verbosity(verbosity)
-        if was_enabled:
-            tlog.enable_progress_bar()
-
-
 def _config_json(config: Any) -> str:
     items = {k: v for k, v in dict(config.to_dict() if hasattr(config, "to_dict") else config).items()
              if not k.startswith("_") and k not in ("transformers_version", "dtype", "torch_dtype", "architectures")}
@@ -275,82 +305,3 @@ def _tokenizer_state(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     return f"{type(tokenizer).__name__}|{tokenizer.model_max_length}|{vocab}"
-
-
-def _model_index_parts(path: Path) -> set[str]:
-    index = path / "model_index.json"
-    if not index.exists():
-        return set()
-    try:
-        data = json.loads(index.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{index} is not valid JSON ({exc}); restore it from the original model") from None
-    return {k for k, v in data.items() if isinstance(v, list) and v and v[0] is not None}
-
-
-def _require(path: Path, part: str, filename: str) -> None:
-    if not (path / part / filename).exists():
-        raise DataError(f"model folder {path} has no {part}/{filename}; {SAVE_HINT}")
-
-
-def _require_weights(path: Path, part: str) -> None:
-    name = _WEIGHTS[part]
-    if (path / part / name).exists() or (path / part / f"{name}.index.json").exists():
-        return
-    legacy = [p.name for p in (path / part).glob("*.bin")] + [p.name for p in (path / part).glob("*.ckpt")]
-    extra = (f" (it has {', '.join(legacy)}: advbench loads safetensors only; load and re-save it with "
-             f"save_pretrained(safe_serialization=True))") if legacy else ""
-    raise DataError(f"model folder {path} has no {part}/{name}{extra}; {SAVE_HINT}")
-
-
-def _load_part(path: Path, part: str) -> Any:
-    """Load one component, turning a corrupt or unreadable file into a DataError naming it."""
-    from safetensors import SafetensorError
-
-    sub = path / part
-    try:
-        if part == "unet":
-            from diffusers import UNet2DConditionModel
-
-            return UNet2DConditionModel.from_pretrained(sub, use_safetensors=True)
-        if part == "vae":
-            from diffusers import AutoencoderKL
-
-            return AutoencoderKL.from_pretrained(sub, use_safetensors=True)
-        if part == "scheduler":
-            from diffusers import DDPMScheduler
-
-            # The training scheduler, as diffusers' fine-tuning scripts build it from any pipeline's config.
-            return DDPMScheduler.from_pretrained(sub)
-        if part == "tokenizer":
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(sub)
-        import transformers
-
-        config = json.loads((sub / "config.json").read_text())
-        arch = (config.get("architectures") or ["CLIPTextModel"])[0]
-        model_cls = getattr(transformers, arch, None) or transformers.CLIPTextModel
-        with _quiet():
-            return model_cls.from_pretrained(sub, use_safetensors=True)
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, json.JSONDecodeError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        target = sub / _WEIGHTS[part] if part in _WEIGHTS else sub
-        raise DataError(f"cannot load {target} ({detail[:200]}); the file is corrupt or incomplete: "
-                        f"replace it with a copy saved by save_pretrained(safe_serialization=True)") from None
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _hub_snapshot(name: str) -> Path | None:
-    """A hub id's local snapshot (safetensors, configs, tokenizer files), or None when offline or not an id."""
-    if not _HUB_ID.match(name) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.safetensors", "tokenizer/*"],
-                                      ignore_patterns=["*.fp16.safetensors", "*.non_ema.safetensors"]))
-    except Exception:  # any hub failure means "not a usable hub id": report the missing folder instead
-        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -41,7 +42,10 @@ def parse_assignments(items: tuple[str, ...] | list[str], option: str) -> dict[s
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ParamError(f"{option} {item!r} is not key=value; write e.g. {option} p=0.3")
-        out[key.strip()] = value.strip()
+        key, value = key.strip(), value.strip()
+        if key in out and out[key] != value:
+            raise ParamError(f"{option} {key} is given twice ({key}={out[key]} and {key}={value}); keep one")
+        out[key] = value
     return out
 
 
@@ -95,9 +99,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ParamError(f"{where} must be a number, not {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ParamError(f"{where} must be a number, not {value!r}") from None
+        if not math.isfinite(number):  # nan/inf would train NaN weights or hash to "NaN" cache keys
+            raise ParamError(f"{where} must be a finite number, not {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)):
             raise ParamError(f"{where} must be a string, not {value!r}")

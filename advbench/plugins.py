@@ -39,6 +39,20 @@ def _allowed() -> set[str] | None:
     return {part.strip() for part in raw.split(",") if part.strip()}
 
 
+def _check_allowed(allowed: set[str] | None) -> None:
+    """Every name of the allow-list matches an installed entry point or distribution (a typo would otherwise
+    silently load fewer plugins)."""
+    if not allowed:
+        return
+    eps = list(importlib.metadata.entry_points(group=GROUP))
+    known = {ep.name for ep in eps} | {ep.dist.name for ep in eps if ep.dist}
+    unknown = sorted(allowed - known)
+    if unknown:
+        raise PluginError(f"{ALLOW_ENV} names {', '.join(map(repr, unknown))}, which match no installed advbench "
+                          f"plugin; available entry points: {', '.join(sorted(ep.name for ep in eps)) or 'none'} "
+                          f"(distributions: {', '.join(sorted({ep.dist.name for ep in eps if ep.dist})) or 'none'})")
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, with entry-point plugins loaded."""
     global _pm
@@ -46,6 +60,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm = pluggy.PluginManager(GROUP)
         pm.add_hookspecs(hookspecs)
         allowed = _allowed()
+        _check_allowed(allowed)
         for ep in importlib.metadata.entry_points(group=GROUP):
             dist = ep.dist.name if ep.dist else ep.name
             if allowed is not None and ep.name not in allowed and dist not in allowed:

@@ -16,7 +16,7 @@ from advbench.errors import DataError, UserError
 from advbench.leaderboard import BASELINE, KEYS, _label
 
 
-def _read_baseline(path: Path) -> pd.DataFrame:
+def read_baseline(path: Path) -> pd.DataFrame:
     fix = "pass a CSV written by `advbench leaderboard --output-dir`"
     if not path.is_file():
         raise DataError(f"baseline leaderboard {path} not found; {fix}")
@@ -53,7 +53,7 @@ def check_regressions(current_df: pd.DataFrame, baseline_csv_path: str | Path, t
     """
     if not (tolerance >= 0):
         raise UserError(f"tolerance must be a non-negative number, got {tolerance}")
-    base = _read_baseline(Path(baseline_csv_path))
+    base = read_baseline(Path(baseline_csv_path))
     current = {tuple(str(v) for v in row[KEYS]): row for _, row in current_df.iterrows()}
     slack = tolerance + 1e-9  # CSV round trips may move the last bit
     problems = []

@@ -5,7 +5,9 @@ holds the cell, its per-class metric values at every attack budget, per-stage ti
 provenance; :func:`build_record` assembles one and :func:`validate_record` checks one. :meth:`ResultStore.append` never leaves a half
 record: under an ``fcntl`` lock on a sidecar lock file it writes the old content plus the new line to a temporary
 file in the same folder, fsyncs it and renames it over the results file. A rerun asks :meth:`ResultStore.has`
-(or :meth:`ResultStore.finished_ids`) and skips finished cells.
+(or :meth:`ResultStore.finished_ids`) and skips finished cells. A record that cannot be written (a full disk) is
+kept in a pending side file and counts as finished; a last line cut short is read around and moved aside by the
+next write (:mod:`advbench.safeio`).
 
 This module never imports torch: package versions come from ``importlib.metadata``.
 """
@@ -13,6 +15,7 @@ This module never imports torch: package versions come from ``importlib.metadata
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -22,16 +25,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from advbench import safeio
 from advbench.cache import stable_hash
 from advbench.errors import DataError
-
-try:  # POSIX; elsewhere appends are still atomic (rename) but not serialized between processes
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -197,115 +197,168 @@ def build_record(cell: dict[str, Any], curve: list[tuple[int | None, dict[str, d
     return record
 
 
+class ResultsWarning(UserWarning):
+    """A results file was read around a problem: a last line cut short (moved to a side file on the next write)."""
+
+
+RESULTS_FIX = "free space there or pass --results on a bigger disk"
+
+
 class ResultStore:
-    """A JSON Lines results file: read every record, test for a finished cell, append one record atomically."""
+    """A JSON Lines results file: read every record, test for a finished cell, append one record atomically.
+
+    Side files next to ``<results>``: ``.lock`` (the writer lock), ``.pending/<cell_id>.json`` (records that could
+    not be appended, e.g. on a full disk; they count as finished and the next write merges them) and
+    ``.torn-<UTC time>`` (a last line cut short, moved aside by the next write).
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
 
-    def _lines(self) -> list[str]:
-        if not self.path.exists():
-            return []
-        if not self.path.is_file():
-            raise DataError(f"results path {self.path} is not a file; pass a .jsonl file path")
-        try:
-            return self.path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise DataError(f"results file {self.path} is not UTF-8 text ({exc.reason}); "
-                            "pass an advbench results .jsonl file") from None
+    @property
+    def pending_dirs(self) -> list[Path]:
+        """Where unappendable records are kept: ``<results>.pending/``, else a folder under the temp directory."""
+        digest = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
+        return [self.path.with_name(self.path.name + ".pending"),
+                Path(tempfile.gettempdir()) / "advbench-pending" / digest]
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every record in file order; a missing file is empty. A bad line raises :class:`DataError`."""
+    def _read(self) -> tuple[bytes, list[dict[str, Any]], safeio.Torn | None]:
+        """The file's bytes, its records, and its torn last line (ignored) if any; a bad line raises DataError."""
+        if not self.path.exists():
+            return b"", [], None
+        if not self.path.is_file():
+            raise DataError(f"results file {self.path} is not a file; pass a .jsonl file path")
+        data = self.path.read_bytes()
+        torn = safeio.torn_tail(data)
         out = []
-        for number, line in enumerate(self._lines(), 1):
-            if not line.strip():
+        for number, raw in enumerate((data[:torn.offset] if torn else data).split(b"\n"), 1):
+            if not raw.strip():
                 continue
             where = f"results file {self.path} line {number}"
             try:
-                rec = json.loads(line)
+                rec = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where} is not UTF-8 text ({exc.reason}); pass an advbench results .jsonl file, "
+                                "or fix or remove that line") from None
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where} is not a JSON object: {exc.msg} (column {exc.colno}); "
                                 "fix or remove that line") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{where} is not a JSON object: got a {type(rec).__name__}; fix or remove that line")
+            out.append(self._checked(rec, where, "line"))
+        return data, out, torn
+
+    @staticmethod
+    def _checked(rec: Any, where: str, what: str) -> dict[str, Any]:
+        if not isinstance(rec, dict):
+            raise DataError(f"{where} is not a JSON object: got a {type(rec).__name__}; fix or remove that {what}")
+        try:
+            validate_record(rec)
+        except ValueError as exc:
+            raise DataError(f"{where} is not an advbench result record: {exc}; fix or remove that {what}") from None
+        return rec
+
+    def _pending(self) -> list[tuple[Path, dict[str, Any]]]:
+        out = []
+        for path, raw in safeio.read_pending(self.pending_dirs):
+            where = f"pending record {path} (of results file {self.path})"
             try:
-                validate_record(rec)
-            except ValueError as exc:
-                raise DataError(f"{where} is not an advbench result record: {exc}; "
-                                "fix or remove that line") from None
-            out.append(rec)
-        return out
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise DataError(f"{where} is not JSON ({exc}); fix or remove that file") from None
+            out.append((path, self._checked(rec, where, "file")))
+        return sorted(out, key=lambda item: (item[1]["finished_at"], item[1]["cell_id"]))
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record in file order, then pending ones (not yet merged); a missing file is empty.
+
+        A bad line raises :class:`DataError`, except a last line cut short: it is ignored with a
+        :class:`ResultsWarning`, and the next write moves it to a side file.
+        """
+        _, out, torn = self._read()
+        if torn is not None:
+            warnings.warn(f"results file {self.path} line {torn.number} is cut short (a crash, a full disk or a "
+                          f"partial copy); it is ignored, and the next write to the file moves it to a side file "
+                          f"{self.path.name}.torn-<UTC time>", ResultsWarning, stacklevel=2)
+        ids = {rec["cell_id"] for rec in out}
+        return out + [rec for _, rec in self._pending() if rec["cell_id"] not in ids]
 
     def finished_ids(self) -> set[str]:
-        """The cell ids of every record in the file."""
+        """The cell ids of every record in the file or pending."""
         return {rec["cell_id"] for rec in self.records()}
 
     def has(self, cell_id: str) -> bool:
-        """Whether a record for ``cell_id`` is already stored."""
+        """Whether a record for ``cell_id`` is already stored (or pending)."""
         return cell_id in self.finished_ids()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lock:
-            if fcntl is not None:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        """The writer lock; stale temporary files of killed writers are removed under it."""
+        return safeio.locked(self.path, self.lock_path, self.pending_dirs)
 
     def append(self, record: dict[str, Any]) -> bool:
-        """Append ``record`` atomically; return False (and write nothing) if its cell id is already stored.
+        """Append ``record`` atomically; return False (and add nothing) if its cell id is already stored.
 
-        A malformed record is a programming error (``ValueError``). The existing file is read and checked first,
-        so a corrupt results file raises :class:`DataError` instead of being extended.
+        Pending records are merged first and a torn last line is moved to a side file. A malformed record is a
+        programming error (``ValueError``); a corrupt results file raises :class:`DataError` and is not extended.
+        When the file cannot be written (a full disk, ``ulimit -f``…) the record is kept in a pending file and a
+        :class:`~advbench.errors.StorageError` says where.
         """
         validate_record(record)
-        line = json.dumps(record, sort_keys=False, separators=(",", ":"), allow_nan=False)
         with self._locked():
-            if record["cell_id"] in self.finished_ids():  # another process may have finished it meanwhile
-                return False
-            old = self.path.read_bytes() if self.path.exists() else b""
-            if old and not old.endswith(b"\n"):
-                old += b"\n"
-            mode = (self.path.stat().st_mode & 0o777) if self.path.exists() else (0o666 & ~_umask())
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            return self._write(record)[0]
+
+    def flush_pending(self) -> int:
+        """Merge pending records into the file (those whose cell id is not in it yet); return how many were added.
+        Their side files are deleted once the merged file is durably in place. No pending records: a no-op."""
+        if not safeio.read_pending(self.pending_dirs):
+            return 0
+        with self._locked():
+            return self._write(None)[1]
+
+    def _write(self, record: dict[str, Any] | None) -> tuple[bool, int]:
+        """Under the lock: rewrite the file with pending records merged, a torn last line moved aside and
+        ``record`` appended (unless its cell is stored). ``(appended, merged)``."""
+        data, stored, torn = self._read()
+        ids = {rec["cell_id"] for rec in stored}
+        pending = self._pending()
+        merge = []
+        for _, rec in pending:
+            if rec["cell_id"] not in ids:
+                merge.append(rec)
+                ids.add(rec["cell_id"])
+        new = record is not None and record["cell_id"] not in ids
+        if merge or new or torn is not None:
+            head = data[:torn.offset] if torn is not None else data
+            if head and not head.endswith(b"\n"):
+                head += b"\n"
+            lines = [*merge, *([record] if new else [])]
+            out = head + b"".join(json.dumps(r, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+                                  for r in lines)
+            mode = (self.path.stat().st_mode & 0o777) if self.path.exists() else None
+            side = None
             try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(old + line.encode("utf-8") + b"\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.chmod(tmp, mode)
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            _fsync_dir(self.path.parent)
-        return True
+                if torn is not None:
+                    side = safeio.side_path(self.path, "torn")
+                    safeio.atomic_write(side, torn.data, mode)
+                safeio.atomic_write(self.path, out, mode)
+            except OSError as exc:
+                if side is not None:
+                    side.unlink(missing_ok=True)
+                error = self._storage_error(exc, len(out), record if new else None, len(merge))
+                if error is exc:
+                    raise
+                raise error from exc
+            if torn is not None:
+                warnings.warn(f"results file {self.path} line {torn.number} was cut short; moved it to {side} and "
+                              "rewrote the file without it", ResultsWarning, stacklevel=3)
+        safeio.drop_pending([path for path, _ in pending])  # merged, or already in the file
+        return new, len(merge)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+    def _storage_error(self, exc: OSError, needed: int, record: dict[str, Any] | None, n_pending: int
+                       ) -> BaseException:
+        """What to raise when the file could not be written; ``record`` (if new) is kept in a pending file."""
+        data = None if record is None else json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+        return safeio.unwritten(exc, f"writing results file {self.path}", self.path.parent, needed, RESULTS_FIX,
+                                self.pending_dirs, None if record is None else (record["cell_id"], data), n_pending)
 
 
 def _git(args: list[str], cwd: Path) -> str | None:

@@ -26,6 +26,7 @@ from advbench.cache import StageCache, stable_hash
 from advbench.cells import Cell, PluginSpec
 from advbench.errors import StaleResultError
 from advbench.interfaces import Anytime, AttackData, Context, Example, ProtectedModel, PublisherData
+from advbench.numerics import device_type
 from advbench.profiling import measure
 from advbench.results import ResultStore, build_record, cell_id, provenance
 
@@ -36,12 +37,12 @@ TRAIN_STATE = "train_state.pt"  # in an intermediate budget's adapt stage, until
 
 @dataclass
 class RunOptions:
-    """How to run cells (nothing here changes what a result means, so none of it is in the cell id)."""
+    """How to run cells. Mixed precision is part of the cell; the device type changes numbers too, so it joins
+    every stage key (when not cpu) and a finished record made on another device type is not reused."""
 
     cache_dir: str | Path | None = None
     use_cache: bool = True
     device: str = "cpu"
-    mixed_precision: str = "no"
     progress: bool = True
     on_stage: Callable[[str, dict[str, Any]], None] | None = None
 
@@ -87,12 +88,15 @@ class _CellRun:
 
     def context(self, work_dir: Path, **extra: Any) -> Context:
         return Context(seed=self.cell.seed, device=self.options.device,
-                       mixed_precision=self.options.mixed_precision, threat_model=self.cell.threat_model,
+                       mixed_precision=self.cell.mixed_precision, threat_model=self.cell.threat_model,
                        work_dir=work_dir, progress=self.options.progress,
                        cache_dir=self.cache.root if self.cache.enabled else None, **extra)
 
     def key(self, name: str, parts: dict[str, Any]) -> str:
-        return stable_hash({"stage": name, "version": STAGE_VERSIONS[name], **parts})
+        # precision and device type change the numbers; absent at their defaults so older cache entries still match
+        numerics = {**({"mixed_precision": self.cell.mixed_precision} if self.cell.mixed_precision != "no" else {}),
+                    **({"device_type": dtype} if (dtype := device_type(self.options.device)) != "cpu" else {})}
+        return stable_hash({"stage": name, "version": STAGE_VERSIONS[name], **parts, **numerics})
 
     def log_stage(self, name: str, cls: str | None, budget: int | None, key: str, seconds: float, peak_mb: float,
                   cached: bool, **extra: Any) -> None:
@@ -274,7 +278,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
         cid = cell_id(cell.to_json())
         existing = next((r for r in store.records() if r["cell_id"] == cid), None)
         if existing is not None:
-            _check_not_stale(existing, cell, store)
+            _check_not_stale(existing, cell, store, options)
             return existing
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -295,7 +299,8 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
         run.json, list(curve.items()), run.domain.primary_metric,
         {n: bool(m.higher_is_better) for n, m in run.metrics.items()}, _anytime_facts(run), before or None,
         defense_info=protected.info, stages=run.stages, total_seconds=round(time.perf_counter() - t0, 3),
-        provenance=provenance(options.device, extra={**_provenance_extra(cell), "model_fingerprint": run.model_fp,
+        provenance=provenance(options.device, extra={**_provenance_extra(cell), "domain_version": run.domain.version,
+                                                     "model_fingerprint": run.model_fp,
                                                      "metric_fingerprints": run.metric_fps, "base": run.base_facts}),
         started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat())
     if store is not None:
@@ -337,12 +342,18 @@ def _model_fingerprint(cell: Cell, base: Any | None = None) -> str:
     return _FINGERPRINTS[key]
 
 
-def _check_not_stale(record: dict[str, Any], cell: Cell, store: ResultStore) -> None:
-    """Refuse to resume over a finished cell whose base model or metric weights differ from today's.
+def _check_not_stale(record: dict[str, Any], cell: Cell, store: ResultStore, options: RunOptions) -> None:
+    """Refuse to resume over a finished cell made on another device type, or whose base model or metric weights
+    differ from today's.
 
     Records written before fingerprints were recorded carry none and are trusted as they are.
     """
     prov = record.get("provenance", {})
+    then, now = device_type(prov.get("device", "cpu")), device_type(options.device)
+    if then != now:
+        raise StaleResultError(f"{store.path} already holds cell {record['cell_id']} ({cell.describe()}), computed "
+                               f"on {then}; this run is on {now}, which gives other numbers: write to a new "
+                               f"--results file, or run on --device {then}")
     if "model_fingerprint" not in prov:
         return
     now_model = _model_fingerprint(cell)

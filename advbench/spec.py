@@ -36,9 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from advbench.cells import Cell, PluginSpec
+from advbench.cells import MAX_SEED, Cell, PluginSpec
 from advbench.errors import UserError
 from advbench.exposure import BASES
+from advbench.results import cell_id
+from advbench.validation import check_spec_path, path_params
 
 TOP_KEYS = {"name", "description", "results", "seeds", "threat_models", "model", "domains", "defenses", "attacks",
             "budgets", "bases"}
@@ -92,8 +94,9 @@ def _expand_entry(entry: Any, kind: str, where: str) -> list[PluginSpec]:
     return specs
 
 
-def load_spec(path: str | Path) -> BenchSpec:
-    """Parse and validate a spec; every plugin and parameter is resolved before anything runs."""
+def load_spec(path: str | Path, mixed_precision: str = "no") -> BenchSpec:
+    """Parse and validate a spec; every plugin, parameter, path and class is checked before anything runs
+    (:meth:`advbench.cells.Cell.validate`), and a cell that appears twice is refused."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -107,8 +110,16 @@ def load_spec(path: str | Path) -> BenchSpec:
         if key not in TOP_KEYS:
             raise _unknown_key(key, TOP_KEYS, f"bench spec {path}")
     seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise UserError(f"bench spec {path}: seeds must be a non-empty list of non-negative integers")
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds):
+        raise UserError(f"bench spec {path}: seeds must be a non-empty list of integers from 0 to {MAX_SEED}, "
+                        f"got {seeds!r}")
+    for name, values in (("seeds", seeds), ("threat_models", data.get("threat_models", [])),
+                         ("bases", data.get("bases", []))):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1}) if isinstance(values, list) else []
+        if repeated:
+            raise UserError(f"bench spec {path}: {name} lists {', '.join(repeated)} more than once; "
+                            "list each value once")
     threats = data.get("threat_models", ["compliant"])
     if not isinstance(threats, list) or not threats:
         raise UserError(f"bench spec {path}: threat_models must be a non-empty list")
@@ -131,9 +142,25 @@ def load_spec(path: str | Path) -> BenchSpec:
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise UserError(f"bench spec {path}: model must be a path string")
-    cells = [Cell(defense, attack, domain, threat, seed, model, budgets[id(attack)], base)
+    results = data.get("results")
+    if results is not None and not isinstance(results, str):
+        raise UserError(f"bench spec {path}: results must be a path string")
+    for key, value in (("results", results), ("model", model)):
+        check_spec_path(value or "", f"bench spec {path}: {key}")
+    for section, specs in lists.items():
+        for spec in specs:
+            for name, value in path_params(spec.build().params).items():
+                check_spec_path(value, f"bench spec {path}: {section} '{spec.display_label()}' parameter {name}")
+    cells = [Cell(defense, attack, domain, threat, seed, model, budgets[id(attack)], base, mixed_precision)
              for domain in lists["domains"] for base in bases for defense in lists["defenses"]
              for attack in lists["attacks"] for threat in threats for seed in seeds]
+    seen_cells: dict[str, Cell] = {}
+    for cell in cells:
+        cid = cell_id(cell.to_json())
+        if cid in seen_cells:
+            raise UserError(f"bench spec {path}: the cell '{cell.describe()}' appears twice (identical entries "
+                            f"in [[{'/'.join(SECTIONS)}]]); remove the duplicate")
+        seen_cells[cid] = cell
     for cell in cells:
         cell.validate()
     for section, specs in lists.items():
@@ -143,9 +170,6 @@ def load_spec(path: str | Path) -> BenchSpec:
             if seen.setdefault(label, spec.params) != spec.params:
                 raise UserError(f"bench spec {path}: two {section} share the label '{label}' with different "
                                 "params; give each a distinct label")
-    results = data.get("results")
-    if results is not None and not isinstance(results, str):
-        raise UserError(f"bench spec {path}: results must be a path string")
     return BenchSpec(name=str(data.get("name", path.stem)), path=path, results=results, cells=cells)
 
 

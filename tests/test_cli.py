@@ -193,7 +193,7 @@ def test_bad_data_and_model_folders_exit_2(runner, tmp_path):
         assert out.exit_code == 2 and message in out.output, out.output
         assert len(out.output.strip().splitlines()) == 1 and not results.exists()
 
-    check(_folder_args(tmp_path / "nodata", model), "metadata.jsonl")
+    check(_folder_args(tmp_path / "nodata", model), "nodata does not exist")
     check(_folder_args(data, model)[:-2], "primary_metric is required")
     # an image listed in metadata.jsonl that is missing
     first = json.loads((data / "metadata.jsonl").read_text().splitlines()[0])["file_name"]
@@ -231,6 +231,7 @@ def test_bench_shards_split_the_grid_and_share_one_results_file(runner, tmp_path
     assert first.exit_code == 0, first.output
     assert len(results.read_text().splitlines()) == 3
     # --check before the other shard ran refuses rather than comparing half a grid
+    (tmp_path / "x.csv").write_text("domain,defense,attack,threat_model,mitigation_power_mean,legal_impact_mean\n")
     early = invoke(runner, "bench", str(spec), *common, "--shard", "1/2", "--check", str(tmp_path / "x.csv"))
     assert early.exit_code == 2 and "run the other shards first" in early.output
     second = invoke(runner, "bench", str(spec), *common, "--shard", "2/2")

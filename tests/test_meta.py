@@ -29,3 +29,21 @@ def test_every_hook_is_tested():
     sources = "\n".join(p.read_text() for p in (ROOT / "tests").glob("*.py") if p.name != "test_meta.py")
     missing = [name for name in HOOKS if f"def {name}(" not in sources]
     assert not missing, f"hooks never implemented by a test plugin: {missing}"
+
+
+def test_every_test_and_case_reliability_md_cites_exists():
+    import re
+
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    missing = []
+    for module, name in re.findall(r"(test_\w+)\.py(?:::(test_\w+))?", text):
+        path = ROOT / "tests" / f"{module}.py"
+        if not path.exists() or (name and f"def {name}(" not in path.read_text()):
+            missing.append(f"{module}.py::{name}")
+    for name in re.findall(r"`::(test_\w+)`", text):  # "::name" continues the module cited before it
+        if not any(f"def {name}(" in p.read_text() for p in (ROOT / "tests").glob("test_*.py")):
+            missing.append(name)
+    battery = (ROOT / "tests" / "test_bad_inputs.py").read_text()
+    cases = [c for cell in re.findall(r"cases? ((?:`[\w-]+`(?:, )?)+)", text) for c in re.findall(r"`([\w-]+)`", cell)]
+    missing += [c for c in cases if f'"{c}":' not in battery]
+    assert len(cases) >= 60 and missing == [], missing

@@ -252,3 +252,12 @@ def test_openclip_missing_or_wrong_files_are_data_errors(tiny_clip, tmp_path):
     wider.write_text(json.dumps({**TINY, "embed_dim": 24}))
     with pytest.raises(DataError, match=f"does not fit architecture {wider}"):
         _metric(OpenClipScore, model=str(wider), checkpoint=tiny_clip[2]).score(images, None, ["a cat"], CTX)
+
+
+@pytest.mark.parametrize("arch", ["ViT-B-16-SigLIP", "roberta-ViT-B-32"])
+def test_openclip_architectures_with_a_hub_text_tower_are_refused_before_any_download(arch):
+    from advbench_plugins.realmetrics.clip import _architecture
+
+    with pytest.raises(DataError, match="does not download"):
+        _architecture(arch)
+    assert _architecture("ViT-B-32") == "ViT-B-32"

@@ -103,3 +103,28 @@ def fast_attack_args():
 
 def images_equal(a, b) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+# `advbench ARGS...` in a fresh process with the toy plugin registered (what a user's shell would run).
+CLI = """
+import sys
+from advbench import plugins
+from tests.toyworld import ToyPlugin
+plugins.register_plugin(ToyPlugin(), "toy-plugin")
+from advbench.cli.main import main
+sys.argv = ["advbench", *sys.argv[1:]]
+main()
+"""
+
+
+def cli_process(args, cwd=None, env=None, **popen):
+    """A ``subprocess.Popen`` of ``advbench *args`` with the toy plugin, one torch thread, stdout/stderr piped."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", CLI, *map(str, args)], cwd=cwd or root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -44,12 +45,20 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, mat
     from advbench.results import ResultStore, cell_id
     from advbench.runner import run_cell
     from advbench.spec import load_spec
+    from advbench.validation import check_run_outputs, check_tolerance
 
-    spec = load_spec(spec_path)
+    check_tolerance(tolerance)
     shard_index, shard_count = parse_shard(shard)
+    if check_csv:
+        from advbench.regression import read_baseline
+
+        read_baseline(Path(check_csv))  # a bad baseline is reported before the grid runs, not after
+    spec = load_spec(spec_path, execution.pop("mixed_precision"))
     results = results or spec.results or f"results/{spec.name}.jsonl"
+    check_run_outputs(results, execution["cache_dir"], not execution["no_cache"])
     store = ResultStore(results)
     done = store.finished_ids()
+    store.flush_pending()  # records an earlier run could not write (a full disk) join the file now
     all_ids = [cell_id(cell.to_json()) for cell in spec.cells]
     chosen = [(c, i) for c, i in zip(spec.cells, all_ids) if all(m in c.describe() for m in matches)]
     if not chosen:

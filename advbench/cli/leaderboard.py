@@ -71,10 +71,17 @@ def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, t
     from advbench.leaderboard import build_leaderboard, to_csv, to_markdown, write_leaderboard
     from advbench.plots import plot_budget_curves, plot_curves, plot_leaderboard
 
+    from advbench.validation import check_output_dir, check_tolerance
+
     if plot and not output_dir:
         raise UserError("--plot writes image files and needs --output-dir DIR")
-    if tolerance < 0:
-        raise UserError(f"--tolerance must be >= 0, got {tolerance:g}")
+    check_tolerance(tolerance)
+    if output_dir:
+        check_output_dir(output_dir, "leaderboard output folder", "pass a writable folder with --output-dir")
+    if check_csv:
+        from advbench.regression import read_baseline
+
+        read_baseline(Path(check_csv))
     records = load_records(results)
     df = build_leaderboard(records)
     click.echo(to_markdown(df) if fmt == "md" else to_csv(df), nl=False)

@@ -28,15 +28,26 @@ def cli():
 
 
 def _attach_commands() -> None:
-    from advbench.cli import bench, leaderboard, listing, run
+    from advbench.cli import bench, cache, leaderboard, listing, run
 
-    for module in (run, bench, leaderboard, listing):
+    for module in (run, bench, leaderboard, listing, cache):
         module.attach(cli)
     from advbench.plugins import add_commands
 
     add_commands(cli)
 
 
+def _warn_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
 def main() -> None:
-    _attach_commands()
+    import warnings
+
+    warnings.showwarning = _warn_in_one_line  # e.g. a torn last line of a results file: one line, not two
+    try:
+        _attach_commands()  # loads the plugins: a bad ADVBENCH_PLUGINS allow-list is reported here
+    except UserError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
     cli(prog_name="advbench")

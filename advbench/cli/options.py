@@ -39,8 +39,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def run_options(cache_dir, no_cache, device, mixed_precision, quiet, **extra):
+def run_options(cache_dir, no_cache, device, quiet, **extra):
+    """RunOptions of the execution options (``--mixed-precision`` goes into the cell: it changes the numbers)."""
     from advbench.runner import RunOptions
 
     return RunOptions(cache_dir=cache_dir, use_cache=not no_cache, device=resolve_device(device),
-                      mixed_precision=mixed_precision, progress=not quiet, **extra)
+                      progress=not quiet, **extra)

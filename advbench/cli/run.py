@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from advbench.cells import MAX_SEED
 from advbench.cli.options import execution_options, run_options
 from advbench.exposure import BASES
 from advbench.interfaces import THREAT_MODELS
@@ -25,8 +26,9 @@ DEFAULT_RESULTS = "results/runs.jsonl"
 @click.option("--domain", default="portraits", show_default=True, help="Domain plugin.")
 @click.option("--domain-arg", "domain_args", multiple=True, metavar="KEY=VALUE", help="Domain parameter.")
 @click.option("--threat-model", type=click.Choice(THREAT_MODELS), default="compliant", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--model", "model_path", default=None, help="Local model folder (default: the domain's model).")
+@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=0, show_default=True)
+@click.option("--model", "model_path", default=None,
+              help="Local model folder (default: the domain's model); a Hugging Face hub id only as hf:OWNER/NAME.")
 @click.option("--results", default=DEFAULT_RESULTS, show_default=True, help="Results JSONL to append to.")
 @click.option("--budgets", default=None, metavar="B1,B2,...",
               help="Attack steps to score at, e.g. 25,50,100,200 (the last is the attack's steps). "
@@ -47,27 +49,36 @@ def run(defense, defense_args, attack, attack_args, domain, domain_args, threat_
     from advbench.params import parse_assignments
     from advbench.results import ResultStore, cell_id
     from advbench.runner import run_cell
+    from advbench.validation import check_run_outputs
 
+    precision = execution.pop("mixed_precision")
     attack_spec = PluginSpec("attack", attack, parse_assignments(attack_args, "--attack-arg"))
     domain_spec = PluginSpec("domain", domain, parse_assignments(domain_args, "--domain-arg"))
     budgets = check_budgets(budgets) if budgets is not None else None
     cell = Cell(PluginSpec("defense", defense, parse_assignments(defense_args, "--defense-arg")),
-                attack_spec, domain_spec, threat_model, seed, model_path, budgets, base)
+                attack_spec, domain_spec, threat_model, seed, model_path, budgets, base, precision)
+    check_run_outputs(results, execution["cache_dir"], not execution["no_cache"])
     cell.validate()
     baseline = None
     if not no_baseline and defense != "none":
         baseline = Cell(PluginSpec("defense", "none"), cell.attack, domain_spec, threat_model, seed, model_path,
-                        cell.budgets, base)
+                        cell.budgets, base, precision)
         baseline.validate()
     store = ResultStore(results)
-    store.records()  # a corrupt results file is reported before any work
+    known = store.finished_ids()  # a corrupt results file is reported before any work
+    store.flush_pending()  # records an earlier run could not write (a full disk) join the file now
     options = run_options(**execution)
+    reused = cell_id(cell.to_json()) in known
     record = run_cell(cell, store, options)
     print_record(record)
-    click.echo(f"result appended to {results} (cell {record['cell_id']})", err=True)
+    if reused:
+        click.echo(f"cell {record['cell_id']} was already in {results}: reused that record (finished "
+                   f"{record['finished_at']}); nothing was appended", err=True)
+    else:
+        click.echo(f"result appended to {results} (cell {record['cell_id']})", err=True)
     if baseline is None:
         return
-    known = cell_id(baseline.to_json()) in store.finished_ids()
+    known = cell_id(baseline.to_json()) in known
     t0 = time.perf_counter()
     base_record = run_cell(baseline, store, options)
     seconds = time.perf_counter() - t0

@@ -22,8 +22,8 @@ class FolderDomain(Domain):
 
     @dataclass(frozen=True)
     class Params:
-        data: str = param("", "Image folder with metadata.jsonl (file_name, text, class).")
-        model: str = param("", "Local diffusers model folder (e.g. a Stable Diffusion pipeline folder).")
+        data: str = param("", "Image folder with metadata.jsonl (file_name, text, class).", path=True)
+        model: str = param("", "Local diffusers model folder (e.g. a Stable Diffusion pipeline folder).", path=True)
         illegal: tuple[str, ...] = param((), "Illegal classes (comma-separated).")
         legal: tuple[str, ...] = param((), "Legal classes (comma-separated).")
         prompt_template: str = param("a photo of {cls}", "Evaluation prompt; {cls} is the class name.")
@@ -88,6 +88,9 @@ class FolderDomain(Domain):
         from advbench.model import Model
 
         return Model.load(self.params.model)
+
+    def model_folder(self):
+        return self.params.model
 
     def sampling(self):
         p = self.params

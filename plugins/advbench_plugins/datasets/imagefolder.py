@@ -13,7 +13,7 @@ class ImageFolderSource(DatasetSource):
 
     @dataclass(frozen=True)
     class Params:
-        path: str = param("", "Folder holding the images and metadata.jsonl.")
+        path: str = param("", "Folder holding the images and metadata.jsonl.", path=True)
 
         def __post_init__(self):
             check(bool(self.path), "path is required: the folder with metadata.jsonl, e.g. path=data/portraits")

@@ -54,11 +54,19 @@ def _architecture(model: str) -> str:
             raise DataError(f"openclip-score: model config {model} not found; pass an existing JSON file or an "
                             f"open_clip architecture name such as {DEFAULT_MODEL}")
         open_clip.add_model_config(config)
-        return config.stem
-    if model not in open_clip.list_models():
+        name = config.stem
+    elif model in open_clip.list_models():
+        name = model
+    else:
         raise DataError(f"openclip-score: unknown open_clip architecture {model!r}; e.g. {DEFAULT_MODEL}, "
                         f"ViT-B-16-quickgelu, ViT-L-14 (see open_clip.list_models())")
-    return model
+    text = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    hub = [text[k] for k in ("hf_tokenizer_name", "hf_model_name") if text.get(k)]
+    if hub:  # open_clip would fetch these from the Hugging Face hub when building the model or its tokenizer
+        raise DataError(f"openclip-score: architecture {model} needs the Hugging Face model(s) {', '.join(hub)}, "
+                        f"which advbench does not download; use an architecture with CLIP's own text tower, e.g. "
+                        f"{DEFAULT_MODEL} or ViT-L-14")
+    return name
 
 
 @functools.lru_cache(maxsize=2)
@@ -109,7 +117,8 @@ def clip_scores(clip, preprocess, tokenizer, images: np.ndarray, prompts: list[s
 @dataclass(frozen=True)
 class OpenClipParams:
     model: str = param(DEFAULT_MODEL, "open_clip architecture name, or the path of an open_clip model-config JSON.")
-    checkpoint: str = param(DEFAULT_CHECKPOINT, "Local open_clip checkpoint file for that architecture (no download).")
+    checkpoint: str = param(DEFAULT_CHECKPOINT, "Local open_clip checkpoint file for that architecture (no download).",
+                            path=True)
     batch_size: int = param(32, "Images per CLIP batch.")
 
     def __post_init__(self):

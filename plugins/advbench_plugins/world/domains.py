@@ -31,13 +31,16 @@ def world_dataset(domain: str, classes: list[str], images_per_class: int):
     return InMemoryDataset(data)
 
 
+WORLD_VERSION = "4"  # docs/world.md: bump when the generators, the shipped model or the judges change
+
+
 @dataclass(frozen=True)
 class WorldParams:
     n_illegal: int = param(2, "How many illegal classes the cell attacks (portraits: up to 15; others: 5).")
     n_legal: int = param(2, "How many legal classes the cell attacks (portraits: up to 15; others: 5).")
     images_per_class: int = param(40, "Images per class (20 % references, the rest split publisher/attacker).")
-    model: str = param("", "Model folder to benchmark instead of the shipped tiny-world model.")
-    judges: str = param("", "Folder of judge weights instead of the shipped ones.")
+    model: str = param("", "Model folder to benchmark instead of the shipped tiny-world model.", path=True)
+    judges: str = param("", "Folder of judge weights instead of the shipped ones.", path=True)
     scheduler: Literal["ddim", "pndm", "ddpm", "euler", "dpm"] = param("ddim", "Sampler (paper: PNDM).")
     steps: int = param(25, "Sampling steps (paper: 50).")
     guidance_scale: float = param(3.0, "Classifier-free guidance scale (paper: 7.5 on SD).")
@@ -55,6 +58,7 @@ class WorldDomain(Domain):
     """Base of the three tiny-world domains."""
 
     world: ClassVar[str] = ""
+    version = WORLD_VERSION
     noun: ClassVar[str] = ""  # the coarse class word, as a real model would be prompted ("a photo of a person")
     Params = WorldParams
 
@@ -89,6 +93,9 @@ class WorldDomain(Domain):
         from advbench_plugins.world.build import model_dir
 
         return Model.load(self.params.model or model_dir())
+
+    def model_folder(self) -> str | None:
+        return self.params.model or None
 
     def metric_params(self, metric: str) -> dict:
         return {"judges": self.params.judges} if self.params.judges else {}

@@ -73,7 +73,9 @@ def recognition(kind: str, images: np.ndarray, cls: str, references: np.ndarray 
 
 @dataclass(frozen=True)
 class JudgeParams:
-    judges: str = param("", "Folder of judge weights (default: the shipped tiny-world judges).")
+    judges: str = param("", "Folder of judge weights (default: the shipped tiny-world judges).", path=True)
+    any_domain: bool = param(False, "Score a domain outside the tiny world anyway (only with judges trained for "
+                                    "its data: the shipped ones know the world's classes only).")
 
 
 @functools.lru_cache(maxsize=32)
@@ -107,6 +109,16 @@ class _JudgeMetric(Metric):
 
     def fingerprint(self) -> str:
         return judge_fingerprint(self.kind, self.params.judges)
+
+    def check_domain(self, domain) -> str | None:
+        from advbench_plugins.world.domains import WorldDomain
+
+        worlds = tuple(DOMAIN_OF.values()) if self.kind == "align" else (DOMAIN_OF[self.kind],)
+        if self.params.any_domain or (isinstance(domain, WorldDomain) and domain.world in worlds):
+            return None
+        return (f"it scores with the tiny world's {self.kind} judge, which knows only the {'/'.join(worlds)} "
+                f"classes, so its numbers on other data mean nothing; use a real metric (advbench list metrics), "
+                f"or pass {self.name}.any_domain=true with judges trained for this data")
 
 
 class _Distance(_JudgeMetric):
@@ -215,6 +227,7 @@ class FID(_JudgeMetric):
 
     higher_is_better = False
     needs_references = True
+    min_images = min_references = 2  # a covariance needs two samples
     kind = "align"
 
     def score(self, images, references, prompts, ctx, cls=None) -> float:
@@ -231,6 +244,7 @@ class KID(_JudgeMetric):
 
     higher_is_better = False
     needs_references = True
+    min_images = min_references = 2  # the unbiased estimate divides by m(m-1) and n(n-1)
     kind = "align"
 
     def score(self, images, references, prompts, ctx, cls=None) -> float:

@@ -1,0 +1,59 @@
+"""What changes a number without changing a cell: the numerics signature of a result record.
+
+Mixed precision is part of a cell (:class:`advbench.cells.Cell`), so records of fp32 and fp16 runs are
+different cells. Some things that change numbers are not: the advbench version that computed a record, the
+device type (cpu, cuda, mps), the domain's data version (the tiny world's version), the base model's weights and
+the metrics' weights. They are recorded in ``provenance``, and :func:`check_comparable` refuses to put records
+whose values differ into one comparison (a leaderboard domain: every row there is scored against the same
+undefended baseline). A record that lacks one of them (written before it was recorded) is not compared on it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from advbench.errors import DataError
+
+#: (name shown in the error, how to read it from a record's provenance)
+SIGNATURE = (
+    ("advbench version", lambda p: p.get("advbench_version")),
+    ("device type", lambda p: device_type(p["device"]) if p.get("device") else None),
+    ("domain version", lambda p: p.get("domain_version")),
+    ("base model (fingerprint)", lambda p: p.get("model_fingerprint")),
+    ("metric weights (fingerprints)",
+     lambda p: json.dumps(p["metric_fingerprints"], sort_keys=True) if p.get("metric_fingerprints") else None),
+)
+
+
+def device_type(device: str) -> str:
+    """``cuda:1`` → ``cuda``: what changes the numerics (two GPUs of one kind give the same numbers)."""
+    return str(device).split(":", 1)[0]
+
+
+def signature(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's value of every :data:`SIGNATURE` entry (None where it was not recorded)."""
+    prov = record.get("provenance") or {}
+    return {name: read(prov) for name, read in SIGNATURE}
+
+
+def check_comparable(records: list[dict[str, Any]], group_of) -> None:
+    """Refuse (a :class:`DataError` naming both cells and both values) when two records of one group differ in
+    any signature entry; ``group_of(record)`` names the group, e.g. the leaderboard's domain column."""
+    first: dict[tuple[str, str], tuple[Any, str]] = {}
+    for rec in records:
+        group = group_of(rec)
+        for name, value in signature(rec).items():
+            if value is None:
+                continue
+            seen = first.setdefault((group, name), (value, rec["cell_id"]))
+            if seen[0] != value:
+                shown = [_short(seen[0]), _short(value)]
+                raise DataError(f"records of '{group}' differ in {name}: cell {seen[1]} has {shown[0]}, cell "
+                                f"{rec['cell_id']} has {shown[1]}; their numbers are not comparable: keep them in "
+                                f"separate results files (or rerun the older cells)")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:12] + "…"
