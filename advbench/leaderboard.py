@@ -11,9 +11,7 @@ the curve maths (MP-AUC, delay factors, selectivity) lives in :mod:`advbench.cur
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from advbench.curves import (Bounded, curve_summary, format_delay, mp_auc, recor
 from advbench.cells import domain_key
 from advbench.errors import DataError
 from advbench.numerics import check_comparable
+from advbench.safeio import atomic_write
 
 KEYS = ["domain", "defense", "attack", "threat_model"]
 BASELINE = "none"
@@ -254,27 +253,12 @@ def build_leaderboard(records: list[dict[str, Any]]) -> pd.DataFrame:
     return df
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def to_csv(df: pd.DataFrame, path: str | Path | None = None) -> str:
     """The leaderboard as CSV text (full precision); also written atomically to ``path`` when given."""
     text = df.to_csv(index=False)
     if path is not None:
-        _atomic_write(Path(path), text.encode())
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(path), text.encode())
     return text
 
 
@@ -382,7 +366,8 @@ def to_markdown(df: pd.DataFrame) -> str:
 def write_leaderboard(df: pd.DataFrame, out_dir: str | Path, name: str) -> tuple[Path, Path]:
     """Write ``<out_dir>/<name>.csv`` and ``<name>.md`` atomically; return both paths."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
     to_csv(df, csv_path)
-    _atomic_write(md_path, to_markdown(df).encode())
+    atomic_write(md_path, to_markdown(df).encode())
     return csv_path, md_path

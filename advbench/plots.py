@@ -18,7 +18,8 @@ import pandas as pd
 from advbench.cells import domain_key
 from advbench.curves import record_before
 from advbench.errors import UserError
-from advbench.leaderboard import BASELINE, _atomic_write, _budget_text, _mean_std, score_records
+from advbench.leaderboard import BASELINE, _budget_text, _mean_std, score_records
+from advbench.safeio import atomic_write
 
 
 def figure(n_panels: int, width: float, height: float = 3.6, ncols: int = 1):
@@ -36,7 +37,8 @@ def save(fig, path: str | Path) -> Path:
     path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    _atomic_write(path, buffer.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buffer.getvalue())
     return path
 
 

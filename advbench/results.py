@@ -9,21 +9,15 @@ file in the same folder, fsyncs it and renames it over the results file. A rerun
 kept in a pending side file and counts as finished; a last line cut short is read around and moved aside by the
 next write (:mod:`advbench.safeio`).
 
-This module never imports torch: package versions come from ``importlib.metadata``.
+Provenance (versions, git state, machine) is built by :mod:`advbench.provenance`. This module never imports torch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import math
-import os
-import platform
-import socket
-import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -38,7 +32,6 @@ READABLE_VERSIONS = (1, 2)
 THREAT_MODELS = ("compliant", "unconstrained")
 STAGES = ("expose", "protect", "adapt", "generate", "score")
 ROLES = ("illegal", "legal")
-PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "safetensors", "numpy")
 TOP_KEYS = ("schema_version", "cell_id", "config_hash", "cell", "metrics", "defense_info", "stages",
             "total_seconds", "provenance", "started_at", "finished_at")
 TOP_KEYS_V2 = (*TOP_KEYS, "anytime")
@@ -359,62 +352,3 @@ class ResultStore:
         data = None if record is None else json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
         return safeio.unwritten(exc, f"writing results file {self.path}", self.path.parent, needed, RESULTS_FIX,
                                 self.pending_dirs, None if record is None else (record["cell_id"], data), n_pending)
-
-
-def _git(args: list[str], cwd: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def git_state(folder: str | Path | None = None) -> dict[str, Any]:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the git work tree holding ``folder``.
-
-    Defaults to the folder advbench is imported from; not a repository (or no git) gives ``None`` values.
-    """
-    folder = Path(folder) if folder is not None else Path(__file__).resolve().parent
-    commit = _git(["rev-parse", "HEAD"], folder)
-    if commit is None:
-        return {"commit": None, "dirty": None}
-    status = _git(["status", "--porcelain", "--untracked-files=no"], folder)
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
-def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
-    """Installed versions of ``names`` from package metadata (nothing is imported); None when absent."""
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def provenance(device: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Where and with what a record was produced.
-
-    ``extra`` is merged in last; the runner passes ``torch_threads`` (this module does not import torch) and
-    ``plugins`` (for each plugin of the cell, the entry point and the version of the distribution providing it).
-    """
-    from advbench import __version__
-
-    git = git_state()
-    info: dict[str, Any] = {
-        "advbench_version": __version__,
-        "git_commit": git["commit"],
-        "git_dirty": git["dirty"],
-        "python": platform.python_version(),
-        "python_executable": sys.executable,
-        "platform": platform.platform(),
-        "packages": package_versions(),
-        "plugins": {},
-        "hostname": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "device": device,
-    }
-    info.update(extra or {})
-    return info
-

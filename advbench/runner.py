@@ -28,7 +28,8 @@ from advbench.errors import StaleResultError
 from advbench.interfaces import Anytime, AttackData, Context, Example, ProtectedModel, PublisherData
 from advbench.numerics import device_type
 from advbench.profiling import measure
-from advbench.results import ResultStore, build_record, cell_id, provenance
+from advbench.provenance import provenance
+from advbench.results import ResultStore, build_record, cell_id
 
 # Bump a stage's version when its output format or semantics change, so old cache entries are not reused.
 STAGE_VERSIONS = {"expose": 1, "protect": 1, "adapt": 1, "generate": 1, "score": 1}

@@ -1,4 +1,5 @@
-"""Crash- and disk-full-safe file helpers of the results store (:class:`advbench.results.ResultStore`).
+"""Crash- and disk-full-safe file helpers of the results store (:class:`advbench.results.ResultStore`) and of
+every generated file (leaderboards, plots).
 
 - :func:`atomic_write`: a temporary file ``.<name>.XXXXXXXX.tmp`` next to the target, fsynced and renamed over
   it, then the folder fsynced; on any failure the temporary file is removed and the target is untouched.

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from advbench import plugins
-from tests.toyworld import ToyPlugin
+from tests.toyworld import TOY_SPEC, ToyPlugin
 
 RUN_CELL = ["--defense", "none", "--attack", "fullft", "--attack-arg", "steps=2", "--attack-arg", "batch_size=2",
             "--domain", "toy"]
@@ -91,15 +91,6 @@ def bench(c, text, *extra):
     return ["bench", spec, "--results", c.results, "--cache-dir", c.cache, "--device", "cpu", *extra]
 
 
-TOY_SPEC = """
-[[domains]]
-name = "toy"
-[[defenses]]
-name = "none"
-[[attacks]]
-name = "fullft"
-params = { steps = 2, batch_size = 2 }
-"""
 
 
 def spec_with(head="", domains='[[domains]]\nname = "toy"\n', defenses='[[defenses]]\nname = "none"\n'):

@@ -1,7 +1,6 @@
 """The CLI: run/bench/list/show, plugin commands, and one-line exit-2 errors that write nothing."""
 
 import json
-from pathlib import Path
 
 import click
 import pytest

@@ -10,21 +10,9 @@ from pathlib import Path
 
 from advbench.leaderboard import build_leaderboard, to_csv
 from advbench.results import ResultStore
-from tests.toyworld import cli_process
+from tests.toyworld import RANDOM_DEFENSE, TOY_SPEC, cli_process
 
-SPEC = """
-name = "crash"
-[[domains]]
-name = "toy"
-[[defenses]]
-name = "none"
-[[defenses]]
-name = "random"
-params = { p = 0.5 }
-[[attacks]]
-name = "fullft"
-params = { steps = 2, batch_size = 2 }
-"""
+SPEC = 'name = "crash"\n' + TOY_SPEC + RANDOM_DEFENSE
 KILLS = 5
 
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.toyworld import TOY_SPEC
+
 ROOT = Path(__file__).resolve().parents[1]
 
 HOOK = r'''
@@ -44,17 +46,7 @@ _attach_commands()
 cli(sys.argv[1:], prog_name="advbench")
 '''
 
-SPEC = """
-name = "offline"
-seeds = [0]
-[[domains]]
-name = "toy"
-[[defenses]]
-name = "none"
-[[attacks]]
-name = "fullft"
-params = { steps = 2, batch_size = 2 }
-"""
+SPEC = 'name = "offline"\n' + TOY_SPEC
 
 
 def _python(code, args, tmp_path, timeout=120):

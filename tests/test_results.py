@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from advbench import results
+from advbench import results, safeio
 from advbench.errors import DataError
-from advbench.results import ResultStore, cell_id, config_hash, provenance, validate_record
+from advbench.provenance import git_state, provenance
+from advbench.results import ResultStore, cell_id, config_hash, validate_record
 
 
 def make_record(defense="none", attack="fullft", domain="toy", seed=0, threat="compliant", illegal=None, legal=None,
@@ -67,7 +68,7 @@ def test_crash_during_append_leaves_file_unchanged(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("simulated power cut before the rename")
 
-    monkeypatch.setattr(results.os, "replace", crash)
+    monkeypatch.setattr(safeio.os, "replace", crash)
     with pytest.raises(OSError, match="simulated"):
         store.append(make_record(seed=1))
     assert store.path.read_bytes() == before
@@ -85,10 +86,10 @@ def test_killed_writer_never_leaves_half_record(tmp_path):
     big["defense_info"] = {"blob": "x" * 2_000_000}
     script = f"""
 import json, os, signal, sys
-from advbench import results
+from advbench import results, safeio
 def die(fd):
     os.kill(os.getpid(), signal.SIGKILL)
-results.os.fsync = die
+safeio.os.fsync = die
 results.ResultStore({str(path)!r}).append(json.loads(sys.stdin.read()))
 """
     proc = subprocess.run([sys.executable, "-c", script], input=json.dumps(big), text=True, capture_output=True)
@@ -161,7 +162,7 @@ def test_provenance_without_torch_import(monkeypatch):
 
 
 def test_git_state_outside_a_repository(tmp_path):
-    assert results.git_state(tmp_path) == {"commit": None, "dirty": None}
+    assert git_state(tmp_path) == {"commit": None, "dirty": None}
 
 
 def test_results_module_does_not_import_torch():

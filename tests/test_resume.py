@@ -3,48 +3,17 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from advbench.leaderboard import build_leaderboard, to_csv
 from advbench.results import ResultStore
+from tests.toyworld import RANDOM_DEFENSE, TOY_SPEC, cli_process
 
-ROOT = Path(__file__).resolve().parents[1]
-
-SPEC = """
-name = "resume"
-seeds = [0, 1]
-[[domains]]
-name = "toy"
-[[defenses]]
-name = "none"
-[[defenses]]
-name = "random"
-params = { p = 0.5 }
-[[attacks]]
-name = "fullft"
-params = { steps = 2, batch_size = 2 }
-"""
-
-# Runs `advbench bench` in a fresh process with the toy domain registered.
-BENCH = """
-import sys
-from advbench import plugins
-from tests.toyworld import ToyPlugin
-plugins.register_plugin(ToyPlugin(), "toy-plugin")
-from advbench.cli.main import _attach_commands, cli
-_attach_commands()
-cli(["bench", *sys.argv[1:]], prog_name="advbench")
-"""
+SPEC = 'name = "resume"\nseeds = [0, 1]\n' + TOY_SPEC + RANDOM_DEFENSE
 
 
 def _bench(spec, results, cache, **popen):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-c", BENCH, str(spec), "--results", str(results), "--cache-dir", str(cache),
-            "--device", "cpu"]
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    return cli_process(["bench", spec, "--results", results, "--cache-dir", cache, "--device", "cpu"], **popen)
 
 
 def _leaderboard(results) -> str:

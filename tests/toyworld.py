@@ -97,6 +97,23 @@ class ToyPlugin:
         register("toy-spread", Spread)
 
 
+# The smallest bench spec: the toy domain, the undefended model, a two-step full fine-tune.
+TOY_SPEC = """
+[[domains]]
+name = "toy"
+[[defenses]]
+name = "none"
+[[attacks]]
+name = "fullft"
+params = { steps = 2, batch_size = 2 }
+"""
+RANDOM_DEFENSE = """
+[[defenses]]
+name = "random"
+params = { p = 0.5 }
+"""
+
+
 def fast_attack_args():
     return {"steps": 2, "batch_size": 2}
 
