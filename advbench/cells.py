@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advbench import plugins
-from advbench.errors import UserError
+from advbench.errors import ParamError, UserError
 from advbench.exposure import BASES
 from advbench.interfaces import THREAT_MODELS
 from advbench.params import build_params, to_dict
 
 PRECISIONS = ("no", "fp16", "bf16")  # accelerate's mixed-precision names
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes < 2**32; torch's generators take any of these
+MATCHED = "matched"  # a defense parameter value that follows the cell's attack (Defense.follows_attack)
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Cell:
             raise UserError(f"seed must be an integer from 0 to {MAX_SEED} (2**32 - 1), not {self.seed!r}")
         if self.mixed_precision not in PRECISIONS:
             raise UserError(f"unknown mixed precision '{self.mixed_precision}'; use one of: {', '.join(PRECISIONS)}")
+        self._follow_attack()
         if self.base not in BASES:
             raise UserError(f"unknown base '{self.base}'; use one of: {', '.join(BASES)}")
         if self.budgets is not None:
@@ -102,6 +104,21 @@ class Cell:
             # The last budget is the attack's steps; the label stays what the user called the attack.
             self.attack = PluginSpec("attack", self.attack.name, {**self.attack.params, "steps": self.budgets[-1]},
                                      self.attack.display_label())
+
+    def _follow_attack(self) -> None:
+        """A defense parameter set to "matched" (the defense's ``follows_attack``) takes the cell's attack name;
+        the label keeps "matched", so matched rows stay apart from a fixed choice in the leaderboard."""
+        key = getattr(self.defense.plugin_class(), "follows_attack", None)
+        if not key or str(self.defense.params.get(key, "")) != MATCHED:
+            return
+        label = self.defense.display_label()
+        spec = PluginSpec("defense", self.defense.name, {**self.defense.params, key: self.attack.name}, label)
+        try:
+            spec.build()
+        except ParamError as exc:
+            raise ParamError(f"{label} follows the cell's attack ({key}=matched), but attack "
+                             f"'{self.attack.name}' cannot be simulated: {exc}") from None
+        self.defense = spec
 
     def resolved_budgets(self) -> tuple[int, ...] | None:
         """The budgets this cell scores (None: one evaluation after the whole attack)."""

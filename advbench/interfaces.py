@@ -189,7 +189,13 @@ class Plugin:
 
 
 class Defense(Plugin, abc.ABC):
-    """Publisher side: protect a pre-trained model using only the publisher's share of the data."""
+    """Publisher side: protect a pre-trained model using only the publisher's share of the data.
+
+    ``follows_attack`` names a parameter that, set to ``"matched"``, takes the name of the cell's attack (a
+    defense that simulates the attacker, like IMMA, then simulates the very attack it faces).
+    """
+
+    follows_attack: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def protect(self, model: Model, publisher_data: PublisherData, ctx: Context) -> ProtectedModel:

@@ -67,3 +67,55 @@ params = { steps = 200 }
 ''')
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_spec(spec)
+
+
+class _Follower:
+    """A defense whose `adaptation` can follow the cell's attack (as IMMA's does)."""
+
+    @staticmethod
+    def make():
+        from dataclasses import dataclass
+        from typing import Literal
+
+        from advbench.hookspecs import hookimpl
+        from advbench.interfaces import Defense, ProtectedModel
+        from advbench.params import param
+
+        class Follower(Defense):
+            follows_attack = "adaptation"
+
+            @dataclass(frozen=True)
+            class Params:
+                adaptation: Literal["fullft", "lora", "matched"] = param("fullft", "the simulated attack")
+
+            def protect(self, model, publisher_data, ctx):
+                return ProtectedModel(model)
+
+        class Plugin:
+            @hookimpl
+            def register_defenses(self, register):
+                register("follower", Follower)
+
+        return Plugin()
+
+
+def test_a_matched_defense_parameter_takes_the_cells_attack(temp_plugin, tmp_path):
+    from advbench.cells import Cell, PluginSpec
+    from advbench.results import cell_id
+
+    temp_plugin(_Follower.make(), "follower-plugin")
+    spec = tmp_path / "m.toml"
+    spec.write_text('[[domains]]\nname = "portraits"\n[[defenses]]\nname = "none"\n[[defenses]]\nname = "follower"\n'
+                    'params = { adaptation = "matched" }\n[[defenses]]\nname = "follower"\nparams = { adaptation = '
+                    '"lora" }\n[[attacks]]\nname = "fullft"\n[[attacks]]\nname = "lora"\n')
+    cells = load_spec(spec).cells
+    matched = [c for c in cells if c.defense.display_label() == "follower(adaptation=matched)"]
+    assert [(c.attack.name, c.defense.params["adaptation"]) for c in matched] == [("fullft", "fullft"),
+                                                                                 ("lora", "lora")]
+    fixed = next(c for c in cells if c.defense.display_label() == "follower(adaptation=lora)" and c.attack.name == "lora")
+    # the same simulated attack, so the same protect stage, but a row of its own (the label) in the leaderboard
+    assert matched[1].to_json()["defense"]["params"] == fixed.to_json()["defense"]["params"]
+    assert cell_id(matched[1].to_json()) != cell_id(fixed.to_json())
+    with pytest.raises(UserError, match="follows the cell's attack .*'no-attack' cannot be simulated"):
+        Cell(PluginSpec("defense", "follower", {"adaptation": "matched"}), PluginSpec("attack", "no-attack"),
+             PluginSpec("domain", "portraits"))
