@@ -40,3 +40,20 @@ def test_attack_summary_tables():
     cost = summary.cost_table(records).splitlines()
     # steps 10 (make_record's default); seeds 0 and 1 take 20 s and 40 s
     assert "| fullft | 4 | 30.0 | 3.000 | 101 |" in cost
+
+
+def test_sgr_is_the_papers_similarity_gap_on_cosine_distances_and_recognition():
+    sgr = load("sgr")
+    # cosine distance 0.2 undefended (similarity 0.8), 0.6 defended (0.4): SGR = (0.8 − 0.4) / 0.8 = 0.5
+    assert abs(sgr.sgr("identity-distance", 0.2, 0.6) - 0.5) < 1e-12
+    assert abs(sgr.sgr("identity-recognition", 0.8, 0.2) - 0.75) < 1e-12  # a rate is a similarity already
+    records = []
+    for seed, defended in ((0, 0.6), (1, 0.4)):
+        for defense, value in (("none", 0.2), ("imma", defended)):
+            r = make_record(defense=defense, attack="lora", seed=seed, illegal={"a": {"identity-distance": value}},
+                            legal={"b": {"identity-distance": 0.3}}, higher_is_better={"identity-distance": False},
+                            primary="identity-distance")
+            records.append(r)
+    rows = {(row[1], row[4]): row for row in sgr.table(records, None)}
+    mean = rows[("imma", "illegal")][5]
+    assert abs(mean - (0.5 + 0.25) / 2) < 1e-12 and rows[("imma", "legal")][5] == 0.0
