@@ -16,3 +16,7 @@ def register_defenses(register):
              "FreezeAsGuard: bilevel-learned freeze mask of UNet tensors against illegal adaptation.")
     register("uce", "advbench_plugins.defenses.uce:UCE",
              "UCE: closed-form edit of cross-attention K/V projections erasing the illegal classes' names.")
+    register("sophon", "advbench_plugins.defenses.sophon:Sophon",
+             "SOPHON: first-order MAML suppression of simulated illegal fine-tunes, alternated with legal training.")
+    register("imma", "advbench_plugins.defenses.imma:IMMA",
+             "IMMA: ascent of a simulated adaptation's loss on the attention projections, alternating with it.")
