@@ -122,12 +122,11 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: FinetuneConfig) -> to
     return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def diffusion_loss(model: Model, pixel_values: torch.Tensor, captions: Sequence[str],
-                   generator: torch.Generator, reduction: str = "mean") -> torch.Tensor:
-    """DDPM loss: MSE between the UNet's prediction and the noise (or velocity/sample, per the scheduler).
-
-    ``reduction="none"`` returns one loss per image (the mean over its elements) instead of the batch mean.
-    """
+def diffusion_prediction(model: Model, pixel_values: torch.Tensor, captions: Sequence[str],
+                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction, target) in float32 of one DDPM training step: the UNet's prediction and the noise (or
+    velocity/sample, per the scheduler) it should match. :func:`diffusion_loss` is their MSE; a loss of another
+    shape (SOPHON's suppression) uses the same draws."""
     device = model.device
     with torch.no_grad():  # the VAE (if any) is never trained; pixel layouts need no gradient either
         latents = model.encode_images(pixel_values.to(device), generator=generator).float()
@@ -146,9 +145,19 @@ def diffusion_loss(model: Model, pixel_values: torch.Tensor, captions: Sequence[
         target = model.scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = latents
+    return prediction.float(), target.float()
+
+
+def diffusion_loss(model: Model, pixel_values: torch.Tensor, captions: Sequence[str],
+                   generator: torch.Generator, reduction: str = "mean") -> torch.Tensor:
+    """DDPM loss: MSE between the UNet's prediction and the noise (or velocity/sample, per the scheduler).
+
+    ``reduction="none"`` returns one loss per image (the mean over its elements) instead of the batch mean.
+    """
+    prediction, target = diffusion_prediction(model, pixel_values, captions, generator)
     if reduction == "none":
-        return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
-    return F.mse_loss(prediction.float(), target.float())
+        return F.mse_loss(prediction, target, reduction="none").flatten(1).mean(1)
+    return F.mse_loss(prediction, target)
 
 
 class SeededBatcher:

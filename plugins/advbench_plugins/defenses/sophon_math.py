@@ -34,6 +34,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from advbench.finetune import diffusion_prediction
+
 QUERY_LOSSES = ("dos", "inverse_mse")
 
 Draw = Callable[[torch.Generator], tuple[torch.Tensor, list[str]]]
@@ -41,24 +43,9 @@ Draw = Callable[[torch.Generator], tuple[torch.Tensor, list[str]]]
 
 def predict(model, pixel_values: torch.Tensor, captions: Sequence[str], generator: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prediction, target) of the engine's DDPM loss: :func:`advbench.finetune.diffusion_loss`'s draws, in its
-    order, so ``mse(prediction, target)`` is that loss (``tests/test_sophon.py`` checks it)."""
-    device = model.device
-    with torch.no_grad():
-        latents = model.encode_images(pixel_values.to(device), generator=generator).float()
-    noise = torch.randn(latents.shape, generator=generator).to(device)
-    timesteps = torch.randint(0, model.scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator).to(device)
-    noisy = model.scheduler.add_noise(latents, noise, timesteps)
-    prediction = model.unet(noisy, timesteps, model.encode_prompts(list(captions))).sample
-    kind = model.scheduler.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = model.scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = latents
-    return prediction.float(), target.float()
+    """(prediction, target) of the engine's DDPM loss, with its draws in its order (``tests/test_sophon.py``
+    checks that their MSE is :func:`advbench.finetune.diffusion_loss`)."""
+    return diffusion_prediction(model, pixel_values, captions, generator)
 
 
 def suppression(kind: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
