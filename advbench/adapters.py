@@ -1,4 +1,5 @@
-"""Pieces that attacks and defenses share for editing a model's layers: attention finders, LoRA, frozen names.
+"""Pieces that attacks and defenses share for editing a model: attention finders, LoRA, frozen names, new token
+embeddings (textual inversion) and the captions that name them.
 
 A defense must never import an attack (nor an attack a defense), so whatever both need lives here, in the core.
 
@@ -14,10 +15,11 @@ modules stay light to import); each function imports what it needs.
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
-from advbench.errors import ConstraintError, ParamError
-from advbench.interfaces import FreezeMask
+from advbench.errors import ConstraintError, DataError, ParamError
+from advbench.interfaces import Example, FreezeMask
 
 if TYPE_CHECKING:
     import torch
@@ -163,3 +165,70 @@ def merge_lora(module: torch.nn.Module) -> None:
             delattr(module, attr)
     if hasattr(module, "_hf_peft_config_loaded"):
         module._hf_peft_config_loaded = False
+
+
+# ------------------------------------------------------------------------------------ captions, tokens
+def rewrite_caption(caption: str, cls: str, phrase: str) -> str:
+    """``caption`` with the class name replaced by ``phrase`` (prefixed when the caption does not name it)."""
+    if cls and cls in caption:
+        return " ".join(caption.replace(cls, phrase).split())
+    return f"{phrase}, {caption}" if phrase else caption
+
+
+def with_captions(examples: list[Example], captions: list[str]) -> list[Example]:
+    """Copies of ``examples`` (same image) with new captions."""
+    return [Example(text=t, cls=e.cls, image=e.image, path=e.path) for e, t in zip(examples, captions)]
+
+
+def noun_prompts(captions: Iterable[tuple[str, str, str]], n: int) -> list[str]:
+    """``n`` prompts for DreamBooth's class images from ``(caption, class name, class noun)`` triples: the distinct
+    captions with the class name replaced by the noun, sorted, cycled."""
+    distinct = sorted({rewrite_caption(text, cls, noun).strip(" ,") or "a photo" for text, cls, noun in captions})
+    return [distinct[i % len(distinct)] for i in range(n)]
+
+
+@dataclass
+class NewTokens:
+    """Token embeddings added by :func:`add_token_embeddings`; only their rows of ``table`` learn."""
+
+    table: torch.nn.Parameter  # the text encoder's input embedding table
+    ids: list[int]
+    keep: torch.Tensor  # True for every row that existed before
+    original: torch.Tensor
+    handle: Any  # the gradient hook; ``remove()`` takes it off
+
+    def restore(self) -> None:
+        """Copy every other row back, as diffusers' textual-inversion example does after each optimizer step: an
+        optimizer with weight decay (or momentum) moves rows whose gradient is zero."""
+        import torch
+
+        with torch.no_grad():
+            rows = self.keep.to(self.table.device)
+            self.table[rows] = self.original[self.keep].to(self.table.device, self.table.dtype)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def add_token_embeddings(model, groups: list[tuple[list[str], str]], owner: str) -> NewTokens:
+    """Add each group's tokens to ``model``'s tokenizer and text encoder; every row of a group starts at the mean
+    embedding of its initializer phrase's tokens (of every old row when the phrase is empty). A gradient hook
+    zeroes the other rows' gradients, so an optimizer given ``[table]`` trains the new rows only. ``owner`` names
+    who adds them, for the error when the tokenizer already has one (the model was edited by it before)."""
+    import torch
+
+    every = [t for tokens, _ in groups for t in tokens]
+    if model.tokenizer.add_tokens(every) != len(every):
+        raise DataError(f"the tokenizer already has {owner}'s token {every[0]!r}: this model was already edited "
+                        f"by {owner}; start from the model before it")
+    model.text_encoder.resize_token_embeddings(len(model.tokenizer), mean_resizing=False)
+    table = model.text_encoder.get_input_embeddings().weight
+    ids = model.tokenizer.convert_tokens_to_ids(every)
+    with torch.no_grad():
+        for tokens, phrase in groups:
+            init = model.tokenizer(phrase, add_special_tokens=False).input_ids if phrase else []
+            table[model.tokenizer.convert_tokens_to_ids(tokens)] = (table[init] if init else table[:min(ids)]).mean(0)
+    keep = torch.ones(table.shape[0], dtype=torch.bool)
+    keep[ids] = False
+    handle = table.register_hook(lambda g: g * (~keep).to(g.device, g.dtype)[:, None])
+    return NewTokens(table, ids, keep, table.detach().clone(), handle)

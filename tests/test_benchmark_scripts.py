@@ -57,3 +57,26 @@ def test_sgr_is_the_papers_similarity_gap_on_cosine_distances_and_recognition():
     rows = {(row[1], row[4]): row for row in sgr.table(records, None)}
     mean = rows[("imma", "illegal")][5]
     assert abs(mean - (0.5 + 0.25) / 2) < 1e-12 and rows[("imma", "legal")][5] == 0.0
+
+
+def test_bench_protect_reads_the_built_protect_stages_of_a_results_file(tmp_path, capsys):
+    import json
+
+    import pytest
+
+    bench = load("bench_protect")
+    records = []
+    for seed, (label, seconds, cached) in enumerate([("IMMA-fullft", 30.0, False), ("IMMA-fullft", 50.0, False),
+                                                      ("IMMA-fullft", 0.0, True), ("SOPHON", 41.5, False)]):
+        r = make_record(defense="imma" if label.startswith("IMMA") else "sophon", defense_label=label, seed=seed)
+        r["stages"] = [s for s in r["stages"] if s["stage"] != "protect"] + [
+            {"stage": "protect", "class": None, "key": "k", "seconds": seconds, "peak_memory_mb": 1.0, "cached": cached}]
+        records.append(r)
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows = {row[0]: row for row in zip(*[[str(c) for c in col._cells] for col in bench.from_results(path).columns])}
+    assert rows["IMMA-fullft"] == ("IMMA-fullft", "toy", "2", "40.0", "30.0-50.0")  # the cached stage is left out
+    assert rows["SOPHON"] == ("SOPHON", "toy", "1", "41.5", "41.5-41.5")
+    with pytest.raises(SystemExit):
+        bench.main(["--defense", "imma", "--from", str(path)])
+    assert "not both" in capsys.readouterr().err

@@ -189,3 +189,46 @@ def test_self_attention_only(world_model):
     for name in (n for n in found if n.endswith((".to_k", ".to_v"))):  # keys and values read the image tokens
         query = unet.get_submodule(name.rsplit(".", 1)[0] + ".to_q")
         assert found[name].in_features == query.in_features
+
+
+# ------------------------------------------------------------------------------------ tokens, captions
+def test_new_token_embeddings_start_at_the_phrase_and_only_they_learn():
+    from advbench.adapters import add_token_embeddings
+    from advbench.errors import DataError
+    from advbench.testing import tiny_model
+
+    model = tiny_model()
+    before = model.text_encoder.get_input_embeddings().weight.detach().clone()
+    phrase_ids = model.tokenizer("pattern", add_special_tokens=False).input_ids
+    new = add_token_embeddings(model, [(["<a>", "<a>_1"], "pattern"), (["<b>"], "")], "the test")
+    table = new.table
+    assert table.shape[0] == before.shape[0] + 3
+    assert new.ids == model.tokenizer.convert_tokens_to_ids(["<a>", "<a>_1", "<b>"])
+    assert torch.allclose(table[new.ids[0]], before[phrase_ids].mean(0))
+    assert torch.equal(table[new.ids[0]], table[new.ids[1]])
+    assert torch.allclose(table[new.ids[2]], before.mean(0))  # an empty phrase: the mean of every old row
+    optimizer = torch.optim.AdamW([table], lr=0.1, weight_decay=0.5)
+    table.sum().backward()
+    assert torch.count_nonzero(table.grad.abs().sum(1)) == 3  # the hook zeroed every other row's gradient
+    start = table.detach().clone()
+    optimizer.step()
+    assert not torch.equal(table[:before.shape[0]], before)  # weight decay moved the old rows ...
+    new.restore()
+    assert torch.equal(table[:before.shape[0]], before)  # ... and restore put them back, bit for bit
+    assert not torch.equal(table[new.ids], start[new.ids])
+    new.remove()
+    table.grad = None
+    table.sum().backward()
+    assert torch.count_nonzero(table.grad.abs().sum(1)) == table.shape[0]  # the hook is gone
+    with pytest.raises(DataError, match="already has the test's token '<a>'"):
+        add_token_embeddings(model, [(["<a>"], "pattern")], "the test")
+
+
+def test_noun_prompts_replace_each_class_name_by_its_noun_and_cycle():
+    from advbench.adapters import noun_prompts, rewrite_caption
+
+    triples = [("a photo of Ada", "Ada", "person"), ("Ada smiling", "Ada", "person"), ("a bridge", "Bo", "painting"),
+               ("a photo of Ada", "Ada", "person")]
+    assert noun_prompts(triples, 5) == ["a photo of person", "painting, a bridge", "person smiling",
+                                        "a photo of person", "painting, a bridge"]
+    assert rewrite_caption("Ada at sea", "Ada", "") == "at sea" and rewrite_caption("sea", "Ada", "") == "sea"

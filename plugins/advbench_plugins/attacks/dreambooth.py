@@ -92,10 +92,9 @@ def dreambooth_loss(model, batch, prior_loss_weight: float):
 
 def class_prompts(examples: list[Example], cls: str, class_noun: str, n: int) -> list[str]:
     """``n`` class prompts: the distinct captions with the class name replaced by the class noun, cycled."""
-    from advbench_plugins.attacks._common import rewrite_caption
+    from advbench.adapters import noun_prompts
 
-    distinct = sorted({rewrite_caption(e.text, cls, class_noun).strip(" ,") or "a photo" for e in examples})
-    return [distinct[i % len(distinct)] for i in range(n)]
+    return noun_prompts([(e.text, cls, class_noun) for e in examples], n)
 
 
 def class_images(model, prompts: list[str], ctx: Context, steps: int, guidance_scale: float,
@@ -168,10 +167,11 @@ class DreamBooth(Attack):
         return f"{self.params.identifier} {noun}".strip()
 
     def adapt(self, protected: ProtectedModel, data: AttackData, ctx: Context):
+        from advbench.adapters import rewrite_caption, with_captions
         from advbench.errors import DataError
         from advbench.finetune import FinetuneConfig, SeededBatcher, finetune
 
-        from advbench_plugins.attacks._common import frozen_unet_tensors, rewrite_caption, with_captions
+        from advbench_plugins.attacks._common import frozen_unet_tensors
 
         p = self.params
         if not data.examples:

@@ -56,41 +56,16 @@ class TextualInversion(Attack):
             check(self.num_vectors >= 1, f"num_vectors must be >= 1, got {self.num_vectors}")
 
     def adapt(self, protected: ProtectedModel, data: AttackData, ctx: Context):
-        import torch
-
-        from advbench.errors import DataError
+        from advbench.adapters import add_token_embeddings, rewrite_caption, with_captions
         from advbench.finetune import FinetuneConfig, finetune
-
-        from advbench_plugins.attacks._common import rewrite_caption, with_captions
 
         p = self.params
         self.effective_constraints(protected, ctx.threat_model)  # a freeze mask is understood; it limits nothing
         model = protected.model.clone()
         tokens = placeholder_tokens(data.cls, p.num_vectors)
-        if model.tokenizer.add_tokens(tokens) != len(tokens):
-            raise DataError(f"the tokenizer already has the placeholder token {tokens[0]!r}; this model was "
-                            f"already attacked by textual inversion on {data.cls!r}")
-        new_ids = model.tokenizer.convert_tokens_to_ids(tokens)
-        init = model.tokenizer(p.initializer or data.cls, add_special_tokens=False).input_ids
-        model.text_encoder.resize_token_embeddings(len(model.tokenizer), mean_resizing=False)
-        embeddings = model.text_encoder.get_input_embeddings().weight
-        with torch.no_grad():
-            start = embeddings[init].mean(0) if init else embeddings[:min(new_ids)].mean(0)
-            embeddings[new_ids] = start
-        original = embeddings.detach().clone()
-        keep = torch.ones(embeddings.shape[0], dtype=torch.bool)
-        keep[new_ids] = False
-
-        def mask_grad(grad):
-            # Only the placeholder rows learn: every other token's gradient is zeroed before the optimizer.
-            return grad * (~keep).to(grad.device, grad.dtype)[:, None]
-
-        def restore(step, loss):
-            # As diffusers' example does, copy the other rows back after each step (bit-identical, whatever
-            # the optimizer does with zero gradients).
-            with torch.no_grad():
-                embeddings[keep.to(embeddings.device)] = original[keep].to(embeddings.device, embeddings.dtype)
-
+        # Only the placeholder rows learn (a gradient hook zeroes the others); as diffusers' example does, the
+        # other rows are copied back after each step, bit-identical whatever the optimizer does with zero gradients.
+        new = add_token_embeddings(model, [(tokens, p.initializer or data.cls)], f"textual inversion of {data.cls!r}")
         phrase = " ".join(tokens)
         examples = with_captions(data.examples, [rewrite_caption(e.text, data.cls, phrase) for e in data.examples])
         cfg = FinetuneConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
@@ -102,11 +77,11 @@ class TextualInversion(Attack):
             out.prompt_rewrites = dict(rewrites)
             return out
 
-        handle = embeddings.register_hook(mask_grad)
         try:
-            result = finetune(model, examples, cfg, ctx, trainable=[embeddings], callback=restore, export=export)
+            result = finetune(model, examples, cfg, ctx, trainable=[new.table], callback=lambda *_: new.restore(),
+                              export=export)
         finally:
-            handle.remove()
+            new.remove()
         ctx.log(f"textual-inversion: {len(tokens)} token(s) {phrase}, {result.seconds_per_step:.3f} s/step, "
                 f"final loss {result.losses[-1]:.4f}")
         model.prompt_rewrites = rewrites

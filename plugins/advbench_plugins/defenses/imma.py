@@ -46,6 +46,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, ClassVar, Literal
 
+from advbench.adapters import noun_prompts, rewrite_caption
 from advbench.errors import DataError, ParamError
 from advbench.interfaces import Context, Defense, Example, ProtectedModel, PublisherData
 from advbench.params import check, param
@@ -67,13 +68,6 @@ def immunized_parameters(unet, immunized: str = "attention") -> dict:
 
     layers = attention_projections(unet, ATTENTION[immunized])
     return {f"{name}.{k}": p for name, layer in layers.items() for k, p in layer.named_parameters(recurse=False)}
-
-
-def rewrite(caption: str, cls: str, phrase: str) -> str:
-    """``caption`` with the class name replaced by ``phrase`` (prefixed when the caption does not name it)."""
-    if cls and cls in caption:
-        return " ".join(caption.replace(cls, phrase).split())
-    return f"{phrase}, {caption}" if phrase else caption
 
 
 @dataclass
@@ -256,7 +250,7 @@ class IMMA(Defense):
             phi = add_lora(work.unet, lora_targets(work.unet, UNET_TARGETS), p.lora_rank, p.lora_alpha, 0.0, ctx.seed)
         else:
             phi, phrases, after_step = self.add_tokens(work, publisher, classes)
-        examples = [Example(text=rewrite(e.text, c, phrases[c]), cls=c, image=e.image, path=e.path)
+        examples = [Example(text=rewrite_caption(e.text, c, phrases[c]), cls=c, image=e.image, path=e.path)
                     for c in classes for e in publisher.illegal[c]]
         return Plan(phi, immunized, examples, priors, after_step, phrases)
 
@@ -267,39 +261,21 @@ class IMMA(Defense):
             return None
         from advbench.sampling import SamplingConfig, generate
 
-        prompts = sorted({rewrite(e.text, c, publisher.noun(c)).strip(" ,") or "a photo"
-                          for c in classes for e in publisher.illegal[c]})
-        prompts = [prompts[i % len(prompts)] for i in range(p.num_class_images)]
+        prompts = noun_prompts([(e.text, c, publisher.noun(c)) for c in classes for e in publisher.illegal[c]],
+                               p.num_class_images)
         images = generate(work, prompts, SamplingConfig(**PRIOR_SAMPLING), ctx)
         return [Example(text=t, cls="__class_prior__", image=im) for t, im in zip(prompts, images)]
 
     def add_tokens(self, work, publisher: PublisherData, classes: list[str]):
         """Textual inversion: new tokens ``<imma-k>`` (initialised from the noun), only their rows learn."""
-        import torch
+        from advbench.adapters import add_token_embeddings
 
         n = self.params.ti_num_vectors
         tokens = {c: [f"<imma-{k}>"] + [f"<imma-{k}>_{i}" for i in range(1, n)] for k, c in enumerate(classes)}
-        every = [t for c in classes for t in tokens[c]]
-        if work.tokenizer.add_tokens(every) != len(every):
-            raise DataError(f"the tokenizer already has IMMA's token {every[0]!r}; immunize the original model")
-        work.text_encoder.resize_token_embeddings(len(work.tokenizer), mean_resizing=False)
-        table = work.text_encoder.get_input_embeddings().weight
-        new_ids = work.tokenizer.convert_tokens_to_ids(every)
-        with torch.no_grad():
-            for c in classes:
-                text = self.params.ti_initializer or publisher.noun(c) or c
-                init = work.tokenizer(text, add_special_tokens=False).input_ids
-                table[work.tokenizer.convert_tokens_to_ids(tokens[c])] = table[init].mean(0)
-        keep = torch.ones(table.shape[0], dtype=torch.bool)
-        keep[new_ids] = False
-        original = table.detach().clone()
-        table.register_hook(lambda g: g * (~keep).to(g.device, g.dtype)[:, None])  # only the new rows learn
-
-        def restore():  # as the official script, after each step: AdamW's decay moves every row
-            with torch.no_grad():
-                table[keep.to(table.device)] = original[keep].to(table.device, table.dtype)
-
-        return [table], {c: " ".join(tokens[c]) for c in classes}, restore
+        new = add_token_embeddings(work, [(tokens[c], self.params.ti_initializer or publisher.noun(c) or c)
+                                          for c in classes], "IMMA")
+        # as the official script, the other rows are restored after each step: AdamW's decay moves every row
+        return [new.table], {c: " ".join(tokens[c]) for c in classes}, new.restore
 
     # -------------------------------------------------------------------------------------- session
     @contextmanager
