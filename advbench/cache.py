@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -50,6 +51,22 @@ def canonical_json(obj: Any) -> str:
 def stable_hash(obj: Any) -> str:
     """sha256 (hex) of :func:`canonical_json` of ``obj``: stage keys, cell ids and config hashes."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, read in chunks: the fingerprint of a weights file. Remembered per path,
+    mtime and size, so a checkpoint of hundreds of MB is hashed once per process unless it changes."""
+    st = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def default_cache_dir() -> Path:

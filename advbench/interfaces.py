@@ -57,6 +57,7 @@ class PublisherData:
     legal: dict[str, list[Example]]
     nouns: dict[str, str] = field(default_factory=dict)
     prompts: dict[str, list[str]] = field(default_factory=dict)
+    encoder: ImageEncoder | None = None  # the domain's defense-side encoder, for a defense with uses_encoder
 
     def noun(self, cls: str) -> str:
         return self.nouns.get(cls, "")
@@ -196,6 +197,7 @@ class Defense(Plugin, abc.ABC):
     """
 
     follows_attack: ClassVar[str | None] = None
+    uses_encoder: ClassVar[bool] = False  # True: PublisherData.encoder is the domain's defense_encoder()
 
     @abc.abstractmethod
     def protect(self, model: Model, publisher_data: PublisherData, ctx: Context) -> ProtectedModel:
@@ -285,6 +287,19 @@ class Metric(Plugin, abc.ABC):
         return None
 
 
+class ImageEncoder(abc.ABC):
+    """An image encoder a defense may use (Dark Miner's verifier), supplied by the domain. It is never one of the
+    judges that score the benchmark: a defense that optimised against its own exam would flatter itself."""
+
+    @abc.abstractmethod
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 N×H×W×3 images → float32 N×D embeddings, each row of unit L2 norm."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """A content hash of the encoder (weights and preprocessing); it joins the protect stage's key."""
+
+
 class Domain(Plugin, abc.ABC):
     """A benchmark scenario: a dataset, its illegal and legal classes, prompts, metrics and default model."""
 
@@ -333,3 +348,8 @@ class Domain(Plugin, abc.ABC):
     def split_seed(self, seed: int) -> int:
         """The seed of the publisher/attacker/reference split for a cell seed (default: the same)."""
         return seed
+
+    def defense_encoder(self) -> ImageEncoder | None:
+        """The image encoder a defense with ``uses_encoder`` gets in ``PublisherData.encoder`` (None: this domain
+        has none, and such a defense is refused before any work). It must not share weights with a judge."""
+        return None

@@ -140,15 +140,21 @@ def _load_images(folder: Path) -> tuple[np.ndarray, list[str]]:
 
 # ---------------------------------------------------------------------------------------------- stages
 def protect_stage(run: _CellRun) -> tuple[ProtectedModel, str]:
-    """The defense on the publisher's share; the attack is checked against its constraints before training."""
+    """The defense on the publisher's share; the attack is checked against its constraints before training.
+
+    A defense with ``uses_encoder`` also gets the domain's defense-side encoder, whose fingerprint then joins the
+    key; other defenses' keys are exactly what they were before encoders existed, so their cache stays valid.
+    """
+    encoder = run.domain.defense_encoder() if run.defense.uses_encoder else None
     publisher = PublisherData(illegal={c: run.data.publisher[c] for c in run.illegal},
                               legal={c: run.data.publisher[c] for c in run.legal},
                               nouns={c: run.domain.class_noun(c) for _, c in run.classes()},
-                              prompts={c: list(run.domain.prompts(c)) for _, c in run.classes()})
+                              prompts={c: list(run.domain.prompts(c)) for _, c in run.classes()}, encoder=encoder)
     key = run.key("protect", {"defense": run.json["defense"]["name"], "params": run.json["defense"]["params"],
                               "model": run.base_id, "seed": run.cell.seed,
                               "publisher": examples_hash([e for _, c in run.classes() for e in run.data.publisher[c]]),
-                              "words": {"nouns": publisher.nouns, "prompts": publisher.prompts}})
+                              "words": {"nouns": publisher.nouns, "prompts": publisher.prompts},
+                              **({"encoder": encoder.fingerprint()} if encoder is not None else {})})
 
     def build(folder: Path) -> None:
         ctx = run.context(folder / "artifacts")

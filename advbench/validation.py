@@ -1,9 +1,10 @@
 """Validation before work: everything a cell will read or write is checked before its first stage runs.
 
 :func:`check_cell` (called by :meth:`advbench.cells.Cell.validate`, so by ``run``, ``bench`` and ``load_spec``
-for every cell of a grid) resolves every metric the domain names, asks each metric whether it can judge that
-domain, checks the model folder's layout, loads the dataset (an image folder verifies every image and its
-metadata's encoding as it loads) and checks that every class is large enough for the split and for every metric.
+for every cell of a grid) refuses a defense that needs a defense-side image encoder on a domain that supplies
+none, resolves every metric the domain names, asks each metric whether it can judge that domain, checks the
+model folder's layout, loads the dataset (an image folder verifies every image and its metadata's encoding as
+it loads) and checks that every class is large enough for the split and for every metric.
 :func:`check_output_dir` and :func:`check_output_file` check, without leaving anything behind, that a place the
 run will write to is a writable folder or can be created. Every failure is a one-line
 :class:`~advbench.errors.UserError`.
@@ -27,8 +28,11 @@ _CHECKED: set[str] = set()  # (domain, its params, model) already checked in thi
 
 def check_cell(cell: Cell) -> None:
     """Check the cell's metrics, model folder, data and class sizes (once per domain and model per process)."""
-    for spec in (cell.defense, cell.attack):
-        check_input_paths(spec.build())
+    defense = cell.defense.build()
+    for plugin in (defense, cell.attack.build()):
+        check_input_paths(plugin)
+    if defense.uses_encoder:  # depends on the defense, so outside the once-per-domain checks below
+        check_defense_encoder(defense, cell.domain.build())
     key = stable_hash([cell.domain.name, cell.domain.resolved_params(), cell.model])
     if key in _CHECKED:
         return
@@ -43,6 +47,20 @@ def check_cell(cell: Cell) -> None:
         check_folder(folder)
     check_class_sizes(domain, metrics)
     _CHECKED.add(key)
+
+
+def check_defense_encoder(defense: Any, domain: Any) -> None:
+    """A defense with ``uses_encoder`` runs only on a domain whose ``defense_encoder()`` supplies one (building it
+    also checks its files); the fix names the domain's ``defense_encoder`` parameter when it has one."""
+    if domain.defense_encoder() is not None:
+        return
+    if "defense_encoder" in getattr(domain.params, "__dataclass_fields__", {}):
+        fix = (f"set --domain-arg defense_encoder=PATH (a local image-encoder checkpoint other than the judges'; "
+               f"see advbench show domain {domain.name})")
+    else:
+        fix = "run it on a domain that supplies one (the tiny world's portraits, artworks, explicit)"
+    raise UserError(f"defense '{defense.name}' needs a defense-side image encoder and domain '{domain.name}' "
+                    f"supplies none; {fix}")
 
 
 def domain_metrics(domain: Any) -> dict[str, Any]:

@@ -112,6 +112,15 @@ def copy_model(c, edit):
     return folder
 
 
+def judges_without(c, kind):
+    """A copy of the shipped judges folder without ``kind``'s files."""
+    from advbench_plugins.world.build import judges_dir
+
+    folder = c.inp / "judges"
+    shutil.copytree(judges_dir(), folder, ignore=shutil.ignore_patterns(f"{kind}.*"))
+    return folder
+
+
 def _json_edit(path: Path, **changes):
     data = json.loads(path.read_text())
     data.update(changes)
@@ -166,6 +175,12 @@ CASES = {
     "model-option-missing": (lambda c: run(c, *RUN_CELL, "--model", str(c.inp / "nowhere")), "nowhere"),
     "judges-missing": (lambda c: run(c, "--attack", "no-attack", "--domain", "portraits", "--domain-arg",
                                      f"judges={c.inp / 'nojudges'}"), "judges"),
+    "encoder-none-on-domain": (lambda c: run(c, "--defense", "toy-encoder", "--attack", "no-attack", "--domain", "toy"),
+                               "domain 'toy' supplies none"),
+    "encoder-folder-unset": (lambda c: [*folder_run(c), "--defense", "toy-encoder"], "defense_encoder=PATH"),
+    "encoder-verifier-missing": (lambda c: run(c, "--defense", "toy-encoder", "--attack", "no-attack", "--domain",
+                                               "portraits", "--domain-arg", f"judges={judges_without(c, 'verifier')}"),
+                                 "--only verifier"),
     "results-is-folder": (lambda c: ["run", *RUN_CELL, "--results", c.proj, "--cache-dir", c.cache,
                                      "--no-baseline"], "is a folder"),
     "results-parent-is-file": (lambda c: ["run", *RUN_CELL, "--results", c.results / "r.jsonl", "--cache-dir",

@@ -13,6 +13,7 @@ import pytest
 from advbench.errors import DataError, ParamError
 from advbench.interfaces import Context, Metric
 from advbench.params import build_params
+from tests.toyworld import TINY_CLIP
 
 CTX = Context(progress=False)
 
@@ -185,26 +186,12 @@ def test_nudenet_params():
 
 
 # ---------------------------------------------------------------------------------------------- clip
-TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A randomly initialised tiny open_clip model saved as a local config + safetensors checkpoint."""
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
+    from tests.toyworld import save_tiny_clip
 
-    folder = tmp_path_factory.mktemp("clip")
-    config = folder / "advbench-test-tinyclip.json"
-    config.write_text(json.dumps(TINY))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    model = open_clip.create_model("advbench-test-tinyclip").eval()
-    checkpoint = folder / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
-    return model, str(config), str(checkpoint)
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_openclip_score_equals_clip_score_of_the_saved_model(tiny_clip):
@@ -249,7 +236,7 @@ def test_openclip_missing_or_wrong_files_are_data_errors(tiny_clip, tmp_path):
     with pytest.raises(DataError, match="unknown open_clip architecture 'ViT-Q-99'"):
         _metric(OpenClipScore, model="ViT-Q-99", checkpoint=tiny_clip[2]).score(images, None, ["a cat"], CTX)
     wider = tmp_path / "advbench-test-widerclip.json"
-    wider.write_text(json.dumps({**TINY, "embed_dim": 24}))
+    wider.write_text(json.dumps({**TINY_CLIP, "embed_dim": 24}))
     with pytest.raises(DataError, match=f"does not fit architecture {wider}"):
         _metric(OpenClipScore, model=str(wider), checkpoint=tiny_clip[2]).score(images, None, ["a cat"], CTX)
 

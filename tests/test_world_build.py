@@ -12,6 +12,7 @@ from advbench_plugins.world.worldmodel import PretrainConfig, WorldModelConfig, 
 
 SMALL_PRETRAIN = PretrainConfig(steps=2, batch_size=4)
 SMALL_JUDGES = JudgeTrainConfig(steps=2, batch_size=8, images_per_class=1, pool_limit=4)
+ALL_TRAINED = {"identity", "style", "motif", "align", "verifier"}  # the judges and the defense-side encoder
 
 
 def test_world_model_has_stable_diffusion_shape():
@@ -63,7 +64,7 @@ def test_small_world_builds_end_to_end_and_runs_a_cell(tmp_path):
     result = CliRunner().invoke(cli, ["world", "build", "--small", "--out", str(out), "--threads", "1"])
     assert result.exit_code == 0, result.output
     facts = json.loads((out / "build.json").read_text())
-    assert facts["pretrain"]["steps"] == 20 and set(facts["judges"]) == {"identity", "style", "motif", "align"}
+    assert facts["pretrain"]["steps"] == 20 and set(facts["judges"]) == ALL_TRAINED
     # one judge alone: only its files are rewritten, the build facts keep the others
     before = {p.name: p.read_bytes() for p in (out / "judges").iterdir()}
     result = CliRunner().invoke(cli, ["world", "build", "--small", "--out", str(out), "--threads", "1",
@@ -72,7 +73,7 @@ def test_small_world_builds_end_to_end_and_runs_a_cell(tmp_path):
     after = {p.name: p.read_bytes() for p in (out / "judges").iterdir()}
     assert {n for n in after if after[n] != before[n]} == {"style.safetensors", "style.json"}
     facts = json.loads((out / "build.json").read_text())
-    assert set(facts["judges"]) == {"identity", "style", "motif", "align"} and facts["judges"]["style"]["steps"] == 5
+    assert set(facts["judges"]) == ALL_TRAINED and facts["judges"]["style"]["steps"] == 5
     domain = PluginSpec("domain", "portraits", {"model": str(out / "model"), "judges": str(out / "judges"),
                                                  "n_illegal": 1, "n_legal": 1, "steps": 2, "images_per_prompt": 2})
     cell = Cell(defense=PluginSpec("defense", "none"), attack=PluginSpec("attack", "fullft", {"steps": 2}),
@@ -82,7 +83,18 @@ def test_small_world_builds_end_to_end_and_runs_a_cell(tmp_path):
 
 
 def test_cli_judge_names_match_the_judges():
-    from advbench_plugins.world.cli import JUDGE_NAMES
-    from advbench_plugins.world.judges import JUDGES
+    from advbench_plugins.world.cli import ENCODER_NAMES, JUDGE_NAMES
+    from advbench_plugins.world.judges import ENCODERS, JUDGES
 
-    assert JUDGE_NAMES == JUDGES
+    assert JUDGE_NAMES == JUDGES and ENCODER_NAMES == tuple(ENCODERS)
+
+
+def test_the_verifier_trains_as_the_align_judge_with_its_own_seed():
+    from dataclasses import replace
+
+    verifier, meta = train_one("verifier", SMALL_JUDGES, log=lambda m: None)
+    align, _ = train_one("align", replace(SMALL_JUDGES, seed=1), log=lambda m: None)
+    assert meta["kind"] == "verifier" and meta["trained_as"] == "align" and meta["config"]["seed"] == 1
+    # the same training as an align judge of seed 1 (so a build with --only verifier reproduces the shipped one)
+    for k, v in verifier.state_dict().items():
+        assert torch.equal(v, align.state_dict()[k]), k

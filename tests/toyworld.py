@@ -1,4 +1,4 @@
-"""A toy domain, metric and dataset source on advbench.testing's tiny model, registered by tests."""
+"""A toy domain, metric, dataset source and defense on advbench.testing's tiny model, registered by tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from advbench.hookspecs import hookimpl
-from advbench.interfaces import DatasetSource, Domain, Metric
+from advbench.interfaces import DatasetSource, Defense, Domain, Metric, ProtectedModel
 from advbench.params import param
 
 CALLS = {"dataset": 0}
@@ -80,8 +80,23 @@ class Spread(Metric):
         return float(images.astype(float).std() / 255)
 
 
+class EncoderProbe(Defense):
+    """A defense that needs the domain's defense-side encoder (as Dark Miner does); it changes nothing and records
+    the fingerprint of the encoder it got (None when none) in its info."""
+
+    uses_encoder = True
+
+    def protect(self, model, publisher_data, ctx):
+        encoder = publisher_data.encoder
+        return ProtectedModel(model, info={"encoder": encoder.fingerprint() if encoder is not None else None})
+
+
 class ToyPlugin:
     """Registers the toy pieces (used through the temp_plugin fixture)."""
+
+    @hookimpl
+    def register_defenses(self, register):
+        register("toy-encoder", EncoderProbe)
 
     @hookimpl
     def register_domains(self, register):
@@ -145,3 +160,28 @@ def cli_process(args, cwd=None, env=None, **popen):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), **(env or {})}
     return subprocess.Popen([sys.executable, "-c", CLI, *map(str, args)], cwd=cwd or root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+# A tiny open_clip architecture (random weights): real-model code paths without a download.
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def save_tiny_clip(folder, seed=0):
+    """(model, config path, checkpoint path): a seeded tiny open_clip model saved as a model-config JSON (named
+    advbench-test-tinyclip) and a safetensors checkpoint in ``folder``."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    config = folder / "advbench-test-tinyclip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(config)
+    torch.manual_seed(seed)
+    model = open_clip.create_model("advbench-test-tinyclip").eval()
+    checkpoint = folder / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
+    return model, str(config), str(checkpoint)

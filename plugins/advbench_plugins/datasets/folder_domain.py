@@ -5,11 +5,15 @@ Example (a Stable Diffusion folder saved by diffusers, portraits in an image fol
     advbench run --domain folder --domain-arg data=data/celebs --domain-arg model=models/sd15 \\
         --domain-arg illegal=person_a,person_b --domain-arg legal=person_c \\
         --domain-arg primary_metric=clip-score --device cuda --mixed-precision fp16
+
+A defense that verifies with an image encoder (``uses_encoder``, e.g. Dark Miner) runs here only with
+``defense_encoder`` set: a local open_clip checkpoint whose image tower it gets, never the one that scores.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from advbench.errors import UserError
@@ -37,6 +41,11 @@ class FolderDomain(Domain):
         steps: int = param(50, "Sampling steps (paper: 50).")
         guidance_scale: float = param(7.5, "Classifier-free guidance scale.")
         images_per_prompt: int = param(8, "Images per evaluation prompt (paper: 100).")
+        defense_encoder: str = param(
+            "", "Local open_clip checkpoint whose image tower a defense with uses_encoder (Dark Miner) verifies "
+                "with; not the openclip-score checkpoint. Empty: none, and such defenses are refused.", path=True)
+        defense_encoder_model: str = param("ViT-B-32", "open_clip architecture of defense_encoder (a name or the "
+                                                       "path of a model-config JSON).")
 
         def __post_init__(self):
             for key in ("data", "model", "primary_metric"):
@@ -44,6 +53,7 @@ class FolderDomain(Domain):
             check(bool(self.illegal), "illegal is required: --domain-arg illegal=class_a,class_b")
             check(not set(self.illegal) & set(self.legal), "a class cannot be both illegal and legal")
             check("{cls}" in self.prompt_template, "prompt_template must contain {cls}")
+            check(bool(self.defense_encoder_model), "defense_encoder_model must name an open_clip architecture")
             for item in self.metric_args:
                 name, _, rest = item.partition(".")
                 check(bool(name) and "=" in rest, f"metric_args item {item!r} must look like METRIC.KEY=VALUE")
@@ -91,6 +101,28 @@ class FolderDomain(Domain):
 
     def model_folder(self):
         return self.params.model
+
+    def defense_encoder(self):
+        """open_clip's image tower from ``defense_encoder`` (None when unset), refused when it is the checkpoint
+        openclip-score judges with: a defense verifying with the judge would optimise against its own exam."""
+        if not self.params.defense_encoder:
+            return None
+        from advbench.cache import file_sha256
+        from advbench_plugins.realmetrics.clip import DEFAULT_CHECKPOINT, OpenClipEncoder
+
+        encoder = OpenClipEncoder(self.params.defense_encoder_model, self.params.defense_encoder,
+                                  who="domain 'folder': defense_encoder",
+                                  fix="set --domain-arg defense_encoder=PATH defense_encoder_model=ARCH")
+        mine = Path(self.params.defense_encoder).expanduser()
+        if "openclip-score" in (self.primary_metric, *self.extra_metrics):
+            judge = Path(self.metric_params("openclip-score").get("checkpoint", DEFAULT_CHECKPOINT)).expanduser()
+            # the same file, or a copy of it (sizes first: hashing a checkpoint takes seconds)
+            if judge.is_file() and (judge.resolve() == mine.resolve() or (
+                    judge.stat().st_size == mine.stat().st_size and file_sha256(judge) == file_sha256(mine))):
+                raise UserError(f"domain 'folder': defense_encoder {self.params.defense_encoder} is the checkpoint "
+                                f"openclip-score scores with; a defense must not verify with the judge, so give "
+                                f"defense_encoder another open_clip checkpoint")
+        return encoder
 
     def sampling(self):
         p = self.params

@@ -13,18 +13,23 @@ diffusers' guide) uses torchmetrics' CLIP score with OpenAI's ViT-B/16 or ViT-B/
 ``model=ViT-B-16-quickgelu`` (or ``ViT-B-32-quickgelu``) with the matching checkpoint.
 
 Named ``openclip-score`` because ``clip-score`` is the tiny world's judge.
+
+:class:`OpenClipEncoder` is open_clip's image tower as a defense-side encoder (the folder domain's
+``defense_encoder`` parameter): loaded by the same offline code, from a checkpoint that must not be the one the
+benchmark scores with.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from advbench.errors import DataError
-from advbench.interfaces import Metric
+from advbench.interfaces import ImageEncoder, Metric
 from advbench.params import check, param
 
 from ._common import check_images, wants_cuda
@@ -44,53 +49,65 @@ def missing_message(model: str, checkpoint: str) -> str:
             f"or set the metric parameters checkpoint=PATH model=ARCH")
 
 
-def _architecture(model: str) -> str:
-    """The open_clip architecture name for ``model`` (a built-in name or a model-config JSON path)."""
+def _check_config(model: str, who: str) -> Path | None:
+    """The model-config JSON ``model`` names (None for an architecture name); a missing one is a DataError."""
+    if not model.endswith(".json"):
+        return None
+    if not Path(model).is_file():
+        raise DataError(f"{who}: model config {model} not found; pass an existing JSON file or an "
+                        f"open_clip architecture name such as {DEFAULT_MODEL}")
+    return Path(model)
+
+
+def _architecture(model: str, who: str = "openclip-score") -> str:
+    """The open_clip architecture name for ``model`` (a built-in name or a model-config JSON path); ``who`` (the
+    metric or parameter that names it) starts every error message."""
     import open_clip
 
     if model.endswith(".json"):
-        config = Path(model)
-        if not config.is_file():
-            raise DataError(f"openclip-score: model config {model} not found; pass an existing JSON file or an "
-                            f"open_clip architecture name such as {DEFAULT_MODEL}")
+        config = _check_config(model, who)
         open_clip.add_model_config(config)
         name = config.stem
     elif model in open_clip.list_models():
         name = model
     else:
-        raise DataError(f"openclip-score: unknown open_clip architecture {model!r}; e.g. {DEFAULT_MODEL}, "
+        raise DataError(f"{who}: unknown open_clip architecture {model!r}; e.g. {DEFAULT_MODEL}, "
                         f"ViT-B-16-quickgelu, ViT-L-14 (see open_clip.list_models())")
     text = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
     hub = [text[k] for k in ("hf_tokenizer_name", "hf_model_name") if text.get(k)]
     if hub:  # open_clip would fetch these from the Hugging Face hub when building the model or its tokenizer
-        raise DataError(f"openclip-score: architecture {model} needs the Hugging Face model(s) {', '.join(hub)}, "
+        raise DataError(f"{who}: architecture {model} needs the Hugging Face model(s) {', '.join(hub)}, "
                         f"which advbench does not download; use an architecture with CLIP's own text tower, e.g. "
                         f"{DEFAULT_MODEL} or ViT-L-14")
     return name
 
 
 @functools.lru_cache(maxsize=2)
-def load_clip(model: str, checkpoint: str, device: str = "cpu"):
-    """(model in eval mode on ``device``, image preprocess, tokenizer) from local files only."""
+def load_clip(model: str, checkpoint: str, device: str = "cpu", who: str = "openclip-score"):
+    """(model in eval mode on ``device``, image preprocess, tokenizer) from local files only.
+
+    ``who`` (the metric or parameter that names the checkpoint) starts every error message. Callers check that
+    the checkpoint exists first, each saying what belongs there (the metric and an encoder want other files).
+    """
     try:
         import open_clip
     except ImportError:
-        raise DataError("openclip-score needs open_clip: pip install open_clip_torch") from None
-    name = _architecture(model)
+        raise DataError(f"{who} needs open_clip: pip install open_clip_torch") from None
+    name = _architecture(model, who)
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise DataError(missing_message(model, checkpoint))
+        raise DataError(f"{who}: open_clip checkpoint {checkpoint} not found")
     try:
         # An absolute path can never be mistaken for one of open_clip's pretrained tags (which would download).
         clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(path.resolve()),
                                                                     device=device, weights_only=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"openclip-score: checkpoint {checkpoint} does not fit architecture {model}: {first}") from None
+        raise DataError(f"{who}: checkpoint {checkpoint} does not fit architecture {model}: {first}") from None
     try:
         tokenizer = open_clip.get_tokenizer(name)
     except OSError as exc:  # e.g. a Hugging Face tokenizer that is not in the local cache
-        raise DataError(f"openclip-score: the tokenizer of {model} is not available offline: {exc}") from None
+        raise DataError(f"{who}: the tokenizer of {model} is not available offline: {exc}") from None
     return clip.eval(), preprocess, tokenizer
 
 
@@ -142,7 +159,48 @@ class OpenClipScore(Metric):
                              f"{0 if prompts is None else len(prompts)} prompts")
         if not len(images):
             raise ValueError("openclip-score needs at least one generated image")
+        if not Path(self.params.checkpoint).expanduser().is_file():
+            raise DataError(missing_message(self.params.model, self.params.checkpoint))
         clip, preprocess, tokenizer = load_clip(self.params.model, self.params.checkpoint, ctx.device)
         scores = clip_scores(clip, preprocess, tokenizer, images, list(prompts), ctx.device, ctx.mixed_precision,
                              self.params.batch_size)
         return float(scores.mean())
+
+
+class OpenClipEncoder(ImageEncoder):
+    """Unit-norm image embeddings of open_clip's image tower, from a local checkpoint (never downloaded).
+
+    The model loads on first use, on the CPU: the encoder interface has no device, and a plugin never picks one.
+    """
+
+    def __init__(self, model: str, checkpoint: str, who: str, fix: str, batch_size: int = 32):
+        if not Path(checkpoint).expanduser().is_file():  # refused when the domain is checked, not mid-defense
+            # no download hint: the checkpoint every guide names is the one openclip-score judges with
+            raise DataError(f"{who}: open_clip checkpoint {checkpoint} not found; put a local checkpoint of "
+                            f"architecture {model} there, other than the one openclip-score scores with, or {fix}")
+        _check_config(model, who)
+        self.model, self.checkpoint, self.who, self.batch_size = model, checkpoint, who, batch_size
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+        from PIL import Image
+
+        clip, preprocess, _ = load_clip(self.model, self.checkpoint, "cpu", self.who)
+        images = check_images(images)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                pixels = torch.stack([preprocess(Image.fromarray(img)) for img in images[i:i + self.batch_size]])
+                out.append(F.normalize(clip.encode_image(pixels).float(), dim=-1).numpy())
+        width = int(getattr(clip.visual, "output_dim", 0) or 0)
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, width), np.float32)
+
+    def fingerprint(self) -> str:
+        from advbench.cache import file_sha256
+
+        # The architecture (a config file: its content) and open_clip's preprocessing of it are part of what the
+        # encoder computes, beside the weights.
+        arch = file_sha256(self.model) if self.model.endswith(".json") else self.model
+        tag = f"open_clip:{arch}:preprocess_val:l2"
+        return hashlib.sha256(f"{file_sha256(Path(self.checkpoint).expanduser())}|{tag}".encode()).hexdigest()

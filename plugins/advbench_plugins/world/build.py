@@ -4,7 +4,8 @@ Everything is seeded, so a build on the same software reproduces the shipped fil
 non-determinism across machines). Asset layout::
 
     assets/model/        the world model (an advbench Model folder: diffusers parts, safetensors)
-    assets/judges/       one safetensors file per judge + judges.json (architecture and training facts)
+    assets/judges/       per judge (and the defense-side encoder ``verifier``): <kind>.safetensors + <kind>.json
+                         (architecture and training facts)
     assets/build.json    what the build measured (pretraining losses and time, judge accuracies)
 """
 
@@ -25,6 +26,27 @@ def model_dir(assets: Path | None = None) -> Path:
 
 def judges_dir(assets: Path | None = None) -> Path:
     return Path(assets or ASSETS) / "judges"
+
+
+def judge_files(kind: str, folder: str | Path | None = None) -> tuple[Path, Path]:
+    """The weights and facts files of a judge or defense-side encoder in ``folder`` (default: the shipped ones).
+
+    Torch-free, so a domain can check its files before any work; a missing one is a one-line DataError naming
+    the file and the command that builds it.
+    """
+    from advbench.errors import DataError
+
+    base = Path(folder) if folder else judges_dir()
+    weights, info = base / f"{kind}.safetensors", base / f"{kind}.json"
+    for path in (weights, info):
+        if not path.is_file():
+            command = f"advbench world build --only {kind}"
+            # the build writes OUT/judges/, so a folder of one's own is rebuilt with --out naming the one above
+            fix = (f"`{command}`" if base.resolve() == judges_dir().resolve() else
+                   f"`{command} --out {base.parent}`" if base.name == "judges" else
+                   f"`{command} --out DIR` and pass judges=DIR/judges")
+            raise DataError(f"tiny-world {kind} weights missing: {path} does not exist; build it with {fix}")
+    return weights, info
 
 
 def build_model(out: Path, model_cfg, pretrain_cfg, threads: int = 1, log: Callable[[str], None] = print) -> dict:
@@ -56,7 +78,8 @@ def build(out: Path | None = None, model_cfg=None, pretrain_cfg=None, judge_cfg=
           judges: tuple[str, ...] | None = None) -> dict:
     """Build the whole world (model and/or judges) into ``out`` (default: the package assets).
 
-    ``judges`` restricts the judges trained (default: all); the others' files and facts stay as they are.
+    ``judges`` restricts the judges (and defense-side encoders) trained (default: all); the others' files and
+    facts stay as they are.
     """
     from advbench_plugins.world.worldmodel import PretrainConfig, WorldModelConfig
 
@@ -69,11 +92,11 @@ def build(out: Path | None = None, model_cfg=None, pretrain_cfg=None, judge_cfg=
         facts["pretrain"] = build_model(out, model_cfg or WorldModelConfig(), pretrain_cfg or PretrainConfig(),
                                         threads, log)
     if "judges" in parts:
-        from advbench_plugins.world.judges import JUDGES, JudgeTrainConfig, train_judges
+        from advbench_plugins.world.judges import TRAINED, JudgeTrainConfig, train_judges
 
         has_model = (model_dir(out) / "unet").is_dir()
         trained = train_judges(judges_dir(out), judge_cfg or JudgeTrainConfig(), threads=threads, log=log,
-                               kinds=judges or JUDGES, model_folder=model_dir(out) if has_model else None)
+                               kinds=judges or TRAINED, model_folder=model_dir(out) if has_model else None)
         facts["judges"] = {**facts.get("judges", {}), **trained}
     facts["build_seconds"] = round(time.perf_counter() - start, 1)
     facts_file.write_text(json.dumps(facts, indent=2, sort_keys=True))

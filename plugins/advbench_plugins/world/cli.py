@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-JUDGE_NAMES = ("identity", "style", "motif", "align")  # judges.JUDGES, named here so the CLI never imports torch
+# judges.JUDGES and judges.ENCODERS, named here so the CLI never imports torch
+JUDGE_NAMES = ("identity", "style", "motif", "align")
+ENCODER_NAMES = ("verifier",)
 
 
 @click.group()
@@ -17,8 +19,9 @@ def world():
 @world.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Asset folder to write (default: the package's world/assets, i.e. the shipped world).")
-@click.option("--only", type=click.Choice(["model", "judges", *JUDGE_NAMES]), default=None,
-              help="Build one part only: the model, all judges, or one judge (the motif detector depends on the model).")
+@click.option("--only", type=click.Choice(["model", "judges", *JUDGE_NAMES, *ENCODER_NAMES]), default=None,
+              help="Build one part only: the model, all judges (with the defense-side encoder verifier), or one of "
+                   "them (the motif detector depends on the model).")
 @click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads.")
 @click.option("--steps", type=int, default=None, help="Pretraining steps (default: the shipped world's).")
 @click.option("--judge-steps", type=int, default=None, help="Training steps per judge (default: the shipped ones').")
@@ -41,7 +44,7 @@ def build(out, only, threads, steps, judge_steps, small):
         pretrain_cfg = replace(pretrain_cfg, steps=steps)
     if judge_steps is not None:
         judge_cfg = replace(judge_cfg, steps=judge_steps)
-    one_judge = only in JUDGE_NAMES
+    one_judge = only in (*JUDGE_NAMES, *ENCODER_NAMES)
     parts = ("judges",) if one_judge else (only,) if only else ("model", "judges")
     facts = run_build(out, model_cfg, pretrain_cfg, judge_cfg, threads=threads, parts=parts,
                       judges=(only,) if one_judge else None, log=lambda m: click.echo(m, err=True))

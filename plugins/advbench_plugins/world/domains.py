@@ -40,7 +40,8 @@ class WorldParams:
     n_legal: int = param(2, "How many legal classes the cell attacks (portraits: up to 15; others: 5).")
     images_per_class: int = param(40, "Images per class (20 % references, the rest split publisher/attacker).")
     model: str = param("", "Model folder to benchmark instead of the shipped tiny-world model.", path=True)
-    judges: str = param("", "Folder of judge weights instead of the shipped ones.", path=True)
+    judges: str = param("", "Folder of judge weights (and the defense-side encoder verifier) instead of the "
+                            "shipped ones.", path=True)
     scheduler: Literal["ddim", "pndm", "ddpm", "euler", "dpm"] = param("ddim", "Sampler (paper: PNDM).")
     steps: int = param(25, "Sampling steps (paper: 50).")
     guidance_scale: float = param(3.0, "Classifier-free guidance scale (paper: 7.5 on SD).")
@@ -99,6 +100,12 @@ class WorldDomain(Domain):
 
     def metric_params(self, metric: str) -> dict:
         return {"judges": self.params.judges} if self.params.judges else {}
+
+    def defense_encoder(self):
+        """The verifier's image tower from the judges folder (an align judge of another seed, never a judge)."""
+        from advbench_plugins.world.encoder import WorldEncoder
+
+        return WorldEncoder(self.params.judges)
 
     def sampling(self) -> dict:
         return {"scheduler": self.params.scheduler, "steps": self.params.steps,

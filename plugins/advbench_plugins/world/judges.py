@@ -7,6 +7,11 @@
 | ``motif`` | NudeNet | figures with random part subsets (multi-label) + motif classes | part probabilities, embedding |
 | ``align`` | CLIP | (image, caption) pairs of all three domains, contrastive | image and text embeddings |
 
+Beside the judges, the same build trains the world's *defense-side encoder* ``verifier`` (``ENCODERS``): an
+``align`` judge trained with another seed, whose image tower is what a defense with ``uses_encoder`` (Dark
+Miner) verifies with. It never scores anything: a defense that optimised against the judges themselves would
+flatter itself on the exam.
+
 Augmentation imitates what a generator gets wrong (shift, blur, colour drift, contrast, pixel noise and a
 checkerboard), so the judges do not underrate generated images for their artefacts. The motif detector also
 trains on samples of the world model (when one is built) as negatives of the restricted parts: without them it
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +34,11 @@ import torch.nn.functional as F
 from advbench_plugins.world.generators import DOMAINS, get_generator, rng_for
 
 EMBED = 64
-JUDGES = ("identity", "style", "motif", "align")
+JUDGES = ("identity", "style", "motif", "align")  # the judges that score the benchmark
+# Defense-side encoders: name -> (the judge kind it is trained as, its seed). Only the seed differs from that
+# judge, so the encoder is as good as the judge without sharing a single weight with it.
+ENCODERS = {"verifier": ("align", 1)}
+TRAINED = (*JUDGES, *ENCODERS)  # everything `advbench world build` trains into assets/judges/
 
 
 class Backbone(nn.Module):
@@ -199,18 +208,21 @@ def train_one(kind: str, cfg: JudgeTrainConfig, log: Callable[[str], None] = pri
     """Train one judge; returns the model (eval mode) and its facts (labels, losses, seconds).
 
     ``model_folder``: a world model whose samples become negatives of the motif detector's restricted parts.
+    ``kind`` may name a defense-side encoder (``ENCODERS``): it is trained as its judge kind with its own seed.
     """
+    trains_as, seed = ENCODERS.get(kind, (kind, cfg.seed))
+    cfg = replace(cfg, seed=seed)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    rng = rng_for("judge", kind, cfg.seed)
+    rng = rng_for("judge", trains_as, cfg.seed)
     start = time.perf_counter()
-    meta: dict = {"kind": kind}
-    if kind in ("identity", "style"):
-        gen = get_generator("portraits" if kind == "identity" else "artworks")
-        x_np, y_np = _class_data(gen, cfg, f"judge-{kind}")
+    meta: dict = {"kind": kind, **({"trained_as": trains_as} if trains_as != kind else {})}
+    if trains_as in ("identity", "style"):
+        gen = get_generator("portraits" if trains_as == "identity" else "artworks")
+        x_np, y_np = _class_data(gen, cfg, f"judge-{trains_as}")
         model = Judge(kind, n_classes=int(y_np.max()) + 1)
         meta["labels"] = gen.judge_labels()[:model.head.weight.shape[0]]
-    elif kind == "motif":
+    elif trains_as == "motif":
         gen = get_generator("explicit")
         x_np, y_np = _class_data(gen, cfg, "judge-motif")
         parts_x, parts_y = gen.detector_batch(rng, len(x_np))
@@ -249,14 +261,14 @@ def train_one(kind: str, cfg: JudgeTrainConfig, log: Callable[[str], None] = pri
         y_np = np.arange(len(x_np))
     x_all = to_tensor(x_np)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    steps = cfg.motif_steps if kind == "motif" else cfg.steps
+    steps = cfg.motif_steps if trains_as == "motif" else cfg.steps
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     losses = []
     model.train()
     for step in range(steps):
         idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=g)
         e = model.backbone(augment(x_all[idx], g))
-        if kind == "align":
+        if trains_as == "align":
             ids, offsets = _texts(tokenizer, [captions[i] for i in idx.tolist()])
             t = model.text(ids, offsets)
             logits = model.logit_scale.exp() * F.normalize(e, dim=1) @ F.normalize(t, dim=1).T
@@ -268,7 +280,7 @@ def train_one(kind: str, cfg: JudgeTrainConfig, log: Callable[[str], None] = pri
                           + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
         else:
             loss = F.cross_entropy(model.head(e), torch.from_numpy(y_np)[idx])
-            if kind == "motif":
+            if trains_as == "motif":
                 pidx = torch.randint(0, len(parts_x), (cfg.batch_size,), generator=g)
                 pe = model.backbone(augment(to_tensor(parts_x[pidx.numpy()]), g))
                 w = torch.from_numpy(parts_mask[pidx.numpy()])
@@ -305,13 +317,9 @@ def load_judge(kind: str, folder: Path | None = None) -> tuple[Judge, dict]:
     """Load a shipped judge (``assets/judges/<kind>.safetensors`` + ``.json``)."""
     from safetensors.torch import load_file
 
-    from advbench.errors import DataError
-    from advbench_plugins.world.build import judges_dir
+    from advbench_plugins.world.build import judge_files
 
-    folder = Path(folder or judges_dir())
-    weights, info = folder / f"{kind}.safetensors", folder / f"{kind}.json"
-    if not weights.exists() or not info.exists():
-        raise DataError(f"judge '{kind}' is missing ({weights}); rebuild the tiny world with `advbench world build`")
+    weights, info = judge_files(kind, folder)
     meta = json.loads(info.read_text())
     model = Judge(kind, n_classes=meta["n_classes"], n_parts=meta["n_parts"], vocab=meta["vocab"])
     model.load_state_dict(load_file(str(weights)))
@@ -319,9 +327,9 @@ def load_judge(kind: str, folder: Path | None = None) -> tuple[Judge, dict]:
     return model, meta
 
 
-def train_judges(folder: Path, cfg: JudgeTrainConfig, threads: int = 2, kinds=JUDGES,
+def train_judges(folder: Path, cfg: JudgeTrainConfig, threads: int = 2, kinds=TRAINED,
                  log: Callable[[str], None] = print, model_folder: Path | None = None) -> dict:
-    """Train and save every judge; returns {kind: facts}."""
+    """Train and save every judge (and defense-side encoder) of ``kinds``; returns {kind: facts}."""
     torch.set_num_threads(threads)
     facts = {}
     for kind in kinds:

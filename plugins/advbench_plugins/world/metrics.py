@@ -78,26 +78,18 @@ class JudgeParams:
                                     "its data: the shipped ones know the world's classes only).")
 
 
-@functools.lru_cache(maxsize=32)
-def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def judge_fingerprint(kind: str, folder: str = "") -> str:
     """sha256 over the judge's weights and metadata files (re-hashed only when a file changes)."""
     import hashlib
     from pathlib import Path
 
+    from advbench.cache import file_sha256
     from advbench_plugins.world.build import judges_dir
 
     base = Path(folder) if folder else judges_dir()
     digest = hashlib.sha256()
     for path in (base / f"{kind}.safetensors", base / f"{kind}.json"):
-        st = path.stat() if path.exists() else None
-        digest.update((_file_sha256(str(path), st.st_mtime_ns, st.st_size) if st else "missing").encode())
+        digest.update((file_sha256(path) if path.exists() else "missing").encode())
     return digest.hexdigest()
 
 
