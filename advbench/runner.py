@@ -56,6 +56,7 @@ class _CellRun:
     options: RunOptions
     cache: StageCache
     stages: list[dict[str, Any]] = field(default_factory=list)
+    encoder_fp: str | None = None  # the defense-side encoder's fingerprint, set by protect_stage when one is used
 
     def __post_init__(self):
         from advbench.data import split
@@ -146,6 +147,7 @@ def protect_stage(run: _CellRun) -> tuple[ProtectedModel, str]:
     key; other defenses' keys are exactly what they were before encoders existed, so their cache stays valid.
     """
     encoder = run.domain.defense_encoder() if run.defense.uses_encoder else None
+    run.encoder_fp = encoder.fingerprint() if encoder is not None else None
     publisher = PublisherData(illegal={c: run.data.publisher[c] for c in run.illegal},
                               legal={c: run.data.publisher[c] for c in run.legal},
                               nouns={c: run.domain.class_noun(c) for _, c in run.classes()},
@@ -154,7 +156,7 @@ def protect_stage(run: _CellRun) -> tuple[ProtectedModel, str]:
                               "model": run.base_id, "seed": run.cell.seed,
                               "publisher": examples_hash([e for _, c in run.classes() for e in run.data.publisher[c]]),
                               "words": {"nouns": publisher.nouns, "prompts": publisher.prompts},
-                              **({"encoder": encoder.fingerprint()} if encoder is not None else {})})
+                              **({"encoder": run.encoder_fp} if encoder is not None else {})})
 
     def build(folder: Path) -> None:
         ctx = run.context(folder / "artifacts")
@@ -308,7 +310,8 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
         defense_info=protected.info, stages=run.stages, total_seconds=round(time.perf_counter() - t0, 3),
         provenance=provenance(options.device, extra={**_provenance_extra(cell), "domain_version": run.domain.version,
                                                      "model_fingerprint": run.model_fp,
-                                                     "metric_fingerprints": run.metric_fps, "base": run.base_facts}),
+                                                     "metric_fingerprints": run.metric_fps, "base": run.base_facts,
+                                                     **_encoder_provenance(run.encoder_fp)}),
         started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat())
     if store is not None:
         store.append(record)
@@ -369,7 +372,11 @@ def _check_not_stale(record: dict[str, Any], cell: Cell, store: ResultStore, opt
         what = f"base model (fingerprint {prov['model_fingerprint'][:12]}, now {now_model[:12]})"
     else:
         domain = cell.domain.build()
-        for name, old in (prov.get("metric_fingerprints") or {}).items():
+        if prov.get("defense_encoder_fingerprint"):  # a defense that verified with the domain's encoder
+            now = domain.defense_encoder().fingerprint()
+            if prov["defense_encoder_fingerprint"] != now:
+                what = f"defense encoder (weights {prov['defense_encoder_fingerprint'][:12]}, now {now[:12]})"
+        for name, old in (prov.get("metric_fingerprints") or {}).items() if what is None else ():
             now = _build_metric(name, domain).fingerprint()
             if old != now:
                 what = f"metric {name!r} (weights {str(old)[:12]}, now {str(now)[:12]})"
@@ -378,6 +385,11 @@ def _check_not_stale(record: dict[str, Any], cell: Cell, store: ResultStore, opt
         raise StaleResultError(f"{store.path} already holds cell {record['cell_id']} ({cell.describe()}), made with "
                                f"another {what}: the model or the shipped tiny world changed since; write to a "
                                f"new --results file, or delete that file's stale records to recompute them")
+
+
+def _encoder_provenance(fingerprint: str | None) -> dict[str, Any]:
+    """The defense-side encoder's fingerprint, only in records of a defense that used one."""
+    return {"defense_encoder_fingerprint": fingerprint} if fingerprint else {}
 
 
 def _provenance_extra(cell: Cell) -> dict[str, Any]:

@@ -182,3 +182,24 @@ def test_folder_domain_encodes_with_a_local_open_clip_image_tower(tmp_path):
     with pytest.raises(UserError, match="is the checkpoint openclip-score scores with"):
         _folder(defense_encoder=checkpoint, defense_encoder_model=config,
                 metric_args=(f"openclip-score.checkpoint={copy}",)).defense_encoder()
+
+
+def test_the_encoder_fingerprint_is_in_the_record_and_a_changed_encoder_makes_it_stale(toy, tmp_path, monkeypatch):
+    from advbench.cells import Cell, PluginSpec
+    from advbench.errors import StaleResultError
+    from advbench.results import ResultStore
+    from advbench.runner import RunOptions, run_cell
+
+    def cell(defense):
+        return Cell(defense=PluginSpec("defense", defense), attack=PluginSpec("attack", "no-attack"),
+                    domain=PluginSpec("domain", "toy-enc"), seed=0)
+
+    store, options = ResultStore(tmp_path / "r.jsonl"), RunOptions(progress=False, cache_dir=tmp_path / "c")
+    record = run_cell(cell("toy-encoder"), store, options)
+    assert record["provenance"]["defense_encoder_fingerprint"] == "fake-a"
+    assert "defense_encoder_fingerprint" not in run_cell(cell("toy-plain"), store, options)["provenance"]
+    assert run_cell(cell("toy-encoder"), store, options) == record  # same encoder: the finished cell is reused
+    monkeypatch.setattr(FakeEncoder, "fingerprint", lambda self: "fake-retrained")
+    with pytest.raises(StaleResultError, match=r"another defense encoder \(weights fake-a, now fake-retrai"):
+        run_cell(cell("toy-encoder"), store, options)
+    run_cell(cell("toy-plain"), store, options)  # a defense without an encoder does not care
