@@ -50,7 +50,8 @@ def test_package_registers_lazily_without_heavy_imports():
             "print(sorted(n for n, _ in names)); "
             "print([k for k in ('torch', 'dlib', 'onnxruntime', 'open_clip') if k in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == str(["face-detect-rate", "face-distance", "nudenet-score", "openclip-score"])
+    assert out[0] == str(["clean-fid", "clean-kid", "csd", "deepface", "deepface-recognition", "dino",
+                          "face-detect-rate", "face-distance", "lpips", "nudenet-score", "openclip-score"])
     assert out[1] == "[]"
 
 

@@ -6,6 +6,11 @@
   the exposed-body-part classes.
 - ``openclip-score``: CLIP score with an open_clip model loaded from a *local* checkpoint file (never
   downloaded). The name ``clip-score`` belongs to the tiny world's judge.
+- ``deepface`` / ``deepface-recognition``: face identity through deepface (Dlib out of the box with the weights of
+  ``face_recognition_models``; FaceNet-512, ArcFace, ... from a local weights file).
+- ``clean-fid`` / ``clean-kid``: FID / KID through clean-fid with its Inception network from a local file.
+- ``lpips``, ``dino``, ``csd``: LPIPS distance, DINO similarity and CSD style similarity of generated images to
+  the class's references (IMMA's and style mimicry's measures), each from local weight files.
 
 Everything registers lazily ("module:Class"), so listing plugins imports neither dlib, onnxruntime nor torch.
 See docs/metrics.md.
@@ -26,3 +31,17 @@ def register_metrics(register):
              "Real images: NudeNet's summed exposed-body-part probabilities (higher = more explicit).")
     register("openclip-score", f"{_M}.clip:OpenClipScore",
              "Real images: CLIP score with a local open_clip checkpoint (100 * max(cos, 0)).")
+    register("deepface", f"{_M}.deepface_metrics:DeepFaceDistance",
+             "Real faces: deepface (Dlib, Facenet512, ...) distance to the class's reference faces (lower better).")
+    register("deepface-recognition", f"{_M}.deepface_metrics:DeepFaceRecognition",
+             "Real faces: share of generated faces whose nearest deepface gallery identity is the class.")
+    register("clean-fid", f"{_M}.fid:CleanFID",
+             "Real images: clean-fid FID to the class's references, local Inception weights (lower better).")
+    register("clean-kid", f"{_M}.fid:CleanKID",
+             "Real images: clean-fid KID to the class's references, local Inception weights (lower better).")
+    register("lpips", f"{_M}.perceptual:LpipsDistance",
+             "Real images: LPIPS distance to the class's references, local backbone weights (lower better).")
+    register("dino", f"{_M}.similarity:DinoSimilarity",
+             "Real images: DINO ViT-S/16 cosine similarity to the class's references, local checkpoint.")
+    register("csd", f"{_M}.csd:CsdStyleSimilarity",
+             "Real images: CSD style similarity to the class's references, local checkpoint.")

@@ -17,3 +17,44 @@ def check_images(images: np.ndarray, what: str = "images") -> np.ndarray:
 def wants_cuda(device: str) -> bool:
     """Whether a context device string names a CUDA device."""
     return str(device).startswith("cuda")
+
+
+class ContentMemo:
+    """A bounded memo of per-image results keyed by (settings, image content): metrics that look at the same
+    images (a distance and a recognition rate, FID and KID) compute each result once."""
+
+    def __init__(self, size: int = 8192):
+        from collections import OrderedDict
+
+        self.size, self.items = size, OrderedDict()
+
+    def get(self, settings: tuple, image: np.ndarray, compute):
+        import hashlib
+
+        key = (settings, image.shape, hashlib.sha1(np.ascontiguousarray(image)).hexdigest())
+        if key not in self.items:
+            self.items[key] = compute(image)
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return self.items[key]
+
+
+def link_into(folder, name: str, source) -> None:
+    """Make ``folder/name`` the file ``source`` (a symlink, or a copy where links are not allowed), atomically:
+    a library that only loads weights from its own folder (deepface, clean-fid) then reads the user's file."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    folder, source = Path(folder), Path(source).expanduser().resolve()
+    target = folder / name
+    if target.is_file() and target.resolve() == source:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.symlink_to(source)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)

@@ -11,7 +11,10 @@
   of that class's own benign parts (how well the legal motif is reproduced); higher is a better forgery either way.
 - ``clip-score``: 100 · mean max(cos(image, prompt), 0) in the world's alignment model (CLIP's role).
 - ``fid`` / ``kid``: Fréchet / kernel inception distance on the alignment model's image embedding (Inception's
-  role); with a few dozen images FID is biased upwards, KID (unbiased, cubic kernel) is the better of the two.
+  role). FID is clean-fid's ``frechet_distance`` on those features (the real-image ``clean-fid`` uses it on
+  Inception features); KID is clean-fid's kernel over every pair (``complete_kid``: clean-fid's ``kernel_distance``
+  would subsample the 16 generated images to the 8 references' size). With a few dozen images FID is biased
+  upwards, KID (unbiased, cubic kernel) is the better of the two.
 """
 
 from __future__ import annotations
@@ -215,7 +218,7 @@ class ClipScore(_JudgeMetric):
 
 
 class FID(_JudgeMetric):
-    """Fréchet distance between Gaussian fits of generated and reference alignment-model features."""
+    """Fréchet distance between Gaussian fits of generated and reference alignment-model features (clean-fid's)."""
 
     higher_is_better = False
     needs_references = True
@@ -223,16 +226,13 @@ class FID(_JudgeMetric):
     kind = "align"
 
     def score(self, images, references, prompts, ctx, cls=None) -> float:
-        a, b = align_features(images, self.params.judges), align_features(references, self.params.judges)
-        mu = a.mean(0) - b.mean(0)
-        ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-        # tr sqrt(Σa Σb) = Σ sqrt(λ_i) over the eigenvalues of Σa Σb (real and ≥ 0 for PSD Σa, Σb).
-        eig = np.clip(np.real(np.linalg.eigvals(ca @ cb)), 0, None)
-        return float(mu @ mu + np.trace(ca) + np.trace(cb) - 2 * np.sqrt(eig).sum())
+        from advbench_plugins.realmetrics.fid import frechet
+
+        return frechet(align_features(images, self.params.judges), align_features(references, self.params.judges))
 
 
 class KID(_JudgeMetric):
-    """Kernel inception distance (unbiased MMD², cubic polynomial kernel) on alignment-model features."""
+    """Kernel inception distance (unbiased MMD², clean-fid's cubic kernel, every pair) on alignment-model features."""
 
     higher_is_better = False
     needs_references = True
@@ -240,13 +240,6 @@ class KID(_JudgeMetric):
     kind = "align"
 
     def score(self, images, references, prompts, ctx, cls=None) -> float:
-        a, b = align_features(images, self.params.judges), align_features(references, self.params.judges)
-        d = a.shape[1]
+        from advbench_plugins.realmetrics.fid import complete_kid
 
-        def k(x, y):
-            return (x @ y.T / d + 1) ** 3
-
-        m, n = len(a), len(b)
-        kaa, kbb = k(a, a), k(b, b)
-        return float((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
-                     - 2 * k(a, b).mean())
+        return complete_kid(align_features(images, self.params.judges), align_features(references, self.params.judges))
