@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from advbench.model import Model
 
 THREAT_MODELS = ("compliant", "unconstrained")
+# What a metric judges (``Metric.measures``): the illegal concept kinds (identity: a person's face; style: an
+# artist's style; nudity: explicit content), and the generic ones: alignment to the prompt, fidelity of the image
+# distribution (FID/KID), similarity to the class's references (LPIPS, DINO), detection (a face is found at all).
+MEASURES = ("identity", "style", "nudity", "alignment", "fidelity", "similarity", "detection")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -258,6 +262,8 @@ class Metric(Plugin, abc.ABC):
     """Scores one class's generated images; a lower or higher value means a better forgery, as declared."""
 
     higher_is_better: ClassVar[bool] = True
+    measures: ClassVar[str] = ""  # what it judges, one of MEASURES ("" when a plugin does not say)
+    recognition: ClassVar[bool] = False  # a share in [0, 1] of images recognised as the class (a forgery's hit rate)
     needs_references: ClassVar[bool] = True
     needs_prompts: ClassVar[bool] = False
     min_images: ClassVar[int] = 1  # generated images per class below which the score is undefined

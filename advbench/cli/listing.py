@@ -46,8 +46,8 @@ def show(kind, name):
     if doc:
         console.print(doc)
     extras = []
-    for attr in ("higher_is_better", "needs_references", "needs_prompts", "primary_metric", "extra_metrics",
-                 "constraints_understood", "anytime"):
+    for attr in ("higher_is_better", "measures", "recognition", "needs_references", "needs_prompts", "primary_metric",
+                 "extra_metrics", "constraints_understood", "anytime"):
         if hasattr(cls, attr) and attr in _declared_attrs(kind):
             value = getattr(cls, attr)
             extras.append(f"{attr} = {sorted(value) if isinstance(value, frozenset) else value}")
@@ -66,7 +66,7 @@ def show(kind, name):
 
 
 def _declared_attrs(kind: str) -> set[str]:
-    return {"metric": {"higher_is_better", "needs_references", "needs_prompts"},
+    return {"metric": {"higher_is_better", "measures", "recognition", "needs_references", "needs_prompts"},
             "domain": {"primary_metric", "extra_metrics"},
             "attack": {"constraints_understood", "anytime"}}.get(kind, set())
 

@@ -147,6 +147,7 @@ class OpenClipParams:
 class OpenClipScore(Metric):
     """CLIP score (100 · mean max(cos, 0)) of each image against its prompt, with a local open_clip model."""
 
+    measures = "alignment"
     higher_is_better = True
     needs_references = False
     needs_prompts = True

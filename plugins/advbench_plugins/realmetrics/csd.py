@@ -99,6 +99,7 @@ class CsdParams:
 class CsdStyleSimilarity(EmbeddingSimilarity):
     """Cosine similarity of CSD style embeddings of generated and reference images (higher better)."""
 
+    measures = "style"
     label = "csd"
     Params = CsdParams
 

@@ -281,6 +281,7 @@ class DistanceParams(DeepFaceParams):
 class DeepFaceDistance(_DeepFaceMetric):
     """Mean deepface distance of generated faces to the class's reference faces (lower is better)."""
 
+    measures = "identity"
     higher_is_better = False
     needs_references = True
     Params = DistanceParams
@@ -329,6 +330,8 @@ class RecognitionParams(DeepFaceParams):
 class DeepFaceRecognition(_DeepFaceMetric):
     """Share of generated faces whose nearest gallery identity is the target class (top-1; higher is better)."""
 
+    measures = "identity"
+    recognition = True
     higher_is_better = True
     needs_references = True
     Params = RecognitionParams

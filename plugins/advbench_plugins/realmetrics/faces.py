@@ -179,6 +179,7 @@ class FaceDistanceParams(FaceParams):
 class FaceDistance(Metric):
     """Mean dlib face-embedding distance of generated images to the class's reference faces (lower better)."""
 
+    measures = "identity"
     higher_is_better = False
     needs_references = True
     Params = FaceDistanceParams
@@ -204,6 +205,7 @@ class FaceDistance(Metric):
 class FaceDetectRate(Metric):
     """Share of generated images in which dlib detects a face (higher is better for the attacker)."""
 
+    measures = "detection"
     higher_is_better = True
     needs_references = False
     Params = FaceParams

@@ -166,6 +166,7 @@ class CleanKidParams(CleanFidParams):
 
 
 class _CleanFidMetric(Metric):
+    measures = "fidelity"
     higher_is_better = False
     needs_references = True
     min_images = min_references = 2  # a covariance needs two samples; KID divides by m(m-1)

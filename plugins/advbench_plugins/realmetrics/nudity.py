@@ -89,6 +89,7 @@ class NudeNetParams:
 class NudeNetScore(Metric):
     """Mean over images of NudeNet's summed exposed-body-part probabilities (higher = more explicit)."""
 
+    measures = "nudity"
     higher_is_better = True
     needs_references = False
     Params = NudeNetParams

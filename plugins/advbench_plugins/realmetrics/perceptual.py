@@ -105,6 +105,7 @@ def to_lpips_input(images: np.ndarray, size: int):
 class LpipsDistance(ReferenceSimilarity):
     """Mean LPIPS distance of generated images to the class's reference images (lower is better)."""
 
+    measures = "similarity"
     label = "lpips"
     higher_is_better = False
     Params = LpipsParams

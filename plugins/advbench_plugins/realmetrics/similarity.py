@@ -259,6 +259,7 @@ def load_timm(model: str, checkpoint: tuple[str, int, int], device: str, who: st
 class DinoSimilarity(EmbeddingSimilarity):
     """Cosine similarity of DINO ViT-S/16 image embeddings of generated and reference images (higher better)."""
 
+    measures = "similarity"
     label = "dino"
     Params = DinoParams
 

@@ -138,30 +138,38 @@ class _Recognition(_JudgeMetric):
 class IdentityDistance(_Distance):
     """Mean cosine distance of generated faces to the class's reference faces (FaceNet distance's role)."""
 
+    measures = "identity"
     kind = "identity"
 
 
 class StyleDistance(_Distance):
     """Mean cosine distance of generated artworks to the artist's references in style space (CSD's role)."""
 
+    measures = "style"
     kind = "style"
 
 
 class IdentityRecognition(_Recognition):
     """Fraction of generated faces recognised as the target identity among the 30 benchmark identities."""
 
+    measures = "identity"
+    recognition = True
     kind = "identity"
 
 
 class StyleRecognition(_Recognition):
     """Fraction of generated artworks attributed to the target artist among the 10 named artists."""
 
+    measures = "style"
+    recognition = True
     kind = "style"
 
 
 class MotifRecognition(_Recognition):
     """Fraction of generated figures recognised as the target motif class among the 10 motif classes."""
 
+    measures = "nudity"
+    recognition = True
     kind = "motif"
 
 
@@ -177,6 +185,7 @@ def part_probabilities(images: np.ndarray, folder: str = "") -> np.ndarray:
 class MotifScore(_JudgeMetric):
     """NudeNet score's role: summed restricted-part probabilities (legal classes: their own benign parts)."""
 
+    measures = "nudity"
     higher_is_better = True
     needs_references = False
     kind = "motif"
@@ -199,6 +208,7 @@ def align_features(images: np.ndarray, folder: str = "") -> np.ndarray:
 class ClipScore(_JudgeMetric):
     """CLIP score's role: 100 · mean max(cos(image, its prompt), 0) in the world's alignment model."""
 
+    measures = "alignment"
     higher_is_better = True
     needs_references = False
     needs_prompts = True
@@ -220,6 +230,7 @@ class ClipScore(_JudgeMetric):
 class FID(_JudgeMetric):
     """Fréchet distance between Gaussian fits of generated and reference alignment-model features (clean-fid's)."""
 
+    measures = "fidelity"
     higher_is_better = False
     needs_references = True
     min_images = min_references = 2  # a covariance needs two samples
@@ -234,6 +245,7 @@ class FID(_JudgeMetric):
 class KID(_JudgeMetric):
     """Kernel inception distance (unbiased MMD², clean-fid's cubic kernel, every pair) on alignment-model features."""
 
+    measures = "fidelity"
     higher_is_better = False
     needs_references = True
     min_images = min_references = 2  # the unbiased estimate divides by m(m-1) and n(n-1)
