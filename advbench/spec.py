@@ -21,6 +21,9 @@ sweep = { p = [0.1, 0.3, 0.5] }    # optional: one entry per value (cross produc
 name = "fullft"
 params = { steps = 100 }
 budgets = [25, 50, 100]            # optional: the budgets of this attack's anytime curve (last = its steps)
+
+[ray]                              # optional: each cell's resources with --executor ray (docs/cluster.md)
+num_gpus = 1
 ```
 
 A top-level ``budgets = [...]`` applies to every attack that supports anytime evaluation (an attack's own
@@ -38,12 +41,13 @@ from typing import Any
 
 from advbench.cells import MAX_SEED, Cell, PluginSpec
 from advbench.errors import UserError
+from advbench.executors import check_ray_table
 from advbench.exposure import BASES
 from advbench.results import cell_id
 from advbench.validation import check_spec_path, path_params
 
 TOP_KEYS = {"name", "description", "results", "seeds", "threat_models", "model", "domains", "defenses", "attacks",
-            "budgets", "bases"}
+            "budgets", "bases", "ray"}
 ENTRY_KEYS = {"name", "params", "label", "sweep"}
 ATTACK_KEYS = ENTRY_KEYS | {"budgets"}
 SECTIONS = {"domains": "domain", "defenses": "defense", "attacks": "attack"}
@@ -57,6 +61,7 @@ class BenchSpec:
     path: Path
     results: str | None
     cells: list[Cell] = field(default_factory=list)
+    ray: dict[str, Any] = field(default_factory=dict)  # per-cell resources with --executor ray (num_cpus, num_gpus)
 
 
 def _unknown_key(key: str, allowed: set[str], where: str) -> UserError:
@@ -127,6 +132,7 @@ def load_spec(path: str | Path, mixed_precision: str = "no") -> BenchSpec:
     if not isinstance(bases, list) or not bases or not all(b in BASES for b in bases):
         raise UserError(f"bench spec {path}: bases must be a non-empty list of {' and/or '.join(BASES)}, "
                         f"got {bases!r}")
+    ray = check_ray_table(data.get("ray", {}), f"bench spec {path}")
     lists: dict[str, list[PluginSpec]] = {}
     budgets: dict[int, Any] = {}  # id of an attack spec -> its entry's budgets (or the spec's)
     for section, kind in SECTIONS.items():
@@ -170,7 +176,7 @@ def load_spec(path: str | Path, mixed_precision: str = "no") -> BenchSpec:
             if seen.setdefault(label, spec.params) != spec.params:
                 raise UserError(f"bench spec {path}: two {section} share the label '{label}' with different "
                                 "params; give each a distinct label")
-    return BenchSpec(name=str(data.get("name", path.stem)), path=path, results=results, cells=cells)
+    return BenchSpec(name=str(data.get("name", path.stem)), path=path, results=results, cells=cells, ray=ray)
 
 
 def _budgets(own: Any, shared: Any, spec: PluginSpec, where: str) -> tuple[int, ...] | None:

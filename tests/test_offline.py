@@ -1,9 +1,10 @@
 """The network is never touched unless asked: ``run``, ``bench`` and ``Model.load`` of anything but an explicit
 ``hf:OWNER/NAME`` make no DNS lookup and open no internet socket.
 
-Each check runs in a fresh interpreter whose first act is ``sys.addaudithook``: every ``socket.connect`` (to an
-internet address), ``socket.getaddrinfo``, ``socket.gethostbyname`` … is written to a log and refused with
-ConnectionRefusedError, as on a machine without network. No ``HF_HUB_OFFLINE`` is set: advbench must not rely on it.
+Each check runs in a fresh interpreter whose first act is to install the suite's network guard
+(:mod:`tests.netguard`, an audit hook) in its strict form: every ``socket.connect`` (but to a unix socket),
+``socket.getaddrinfo``, ``socket.gethostbyname`` … is written to a log and refused with ConnectionRefusedError, as
+on a machine without network. No ``HF_HUB_OFFLINE`` is set: advbench must not rely on it.
 """
 
 import json
@@ -12,29 +13,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.toyworld import TOY_SPEC
 
 ROOT = Path(__file__).resolve().parents[1]
 
 HOOK = r'''
-import os, socket, sys
-
-_LOG = os.environ["ADVBENCH_NET_LOG"]
-_EVENTS = {"socket.connect", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex",
-           "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg"}
+import os, sys
+from tests import netguard
 
 
-def _no_network(event, args):
-    if event not in _EVENTS:
-        return
-    if event == "socket.connect" and getattr(args[0], "family", None) == socket.AF_UNIX:
-        return  # a local socket file, not the network
-    with open(_LOG, "a") as log:
-        log.write(f"{event} {args[1:]!r}\n")
-    raise ConnectionRefusedError(f"test_offline: network access refused ({event})")
+def _log(what):
+    with open(os.environ["ADVBENCH_NET_LOG"], "a") as log:
+        log.write(what + "\n")
 
 
-sys.addaudithook(_no_network)
+netguard.install(_log, allow_local=False)  # even a look-up of localhost is logged here
 '''
 
 CLI = HOOK + '''
@@ -124,3 +119,44 @@ def test_plain_id_makes_no_network_attempt(tmp_path):
     proc, events = _python(LOAD, ["someone/some-model", "hf:bad//id"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert events == []
+
+
+# ------------------------------------------------------------------ the suite's own guard (tests/conftest.py)
+def test_the_guard_refuses_the_internet_and_allows_loopback(network_attempts):
+    import socket
+
+    from tests.netguard import NetworkRefused
+
+    with pytest.raises(NetworkRefused, match="example.com"):
+        socket.create_connection(("example.com", 80), timeout=5)
+    assert len(network_attempts) == 1 and network_attempts[0].startswith("socket.getaddrinfo ('example.com', 80")
+    with socket.socket() as sock, pytest.raises(NetworkRefused):
+        sock.connect(("93.184.215.14", 80))  # an address needs no look-up: the connection is refused
+    assert network_attempts[1] == "socket.connect (('93.184.215.14', 80),)"
+    with socket.socket() as server:  # loopback and unix sockets stay open (Ray, multiprocessing)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        socket.create_connection(server.getsockname(), timeout=5).close()
+        socket.create_connection(("localhost", server.getsockname()[1]), timeout=5).close()
+    left, right = socket.socketpair(socket.AF_UNIX)
+    left.close(), right.close()
+    assert len(network_attempts) == 2
+
+
+def test_the_guard_fails_a_test_that_swallows_the_refusal(tmp_path):
+    (tmp_path / "test_inner.py").write_text(
+        "import socket\n\n\n"
+        "def test_swallows():\n"
+        "    try:\n"
+        "        socket.create_connection(('example.com', 80), timeout=5)\n"
+        "    except OSError:\n"
+        "        pass\n\n\n"
+        "def test_loopback():\n"
+        "    socket.getaddrinfo('localhost', 80)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+                           "test_inner.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "1 failed, 1 passed" in proc.stdout
+    assert "test_inner.py::test_swallows tried to reach the network" in proc.stdout
+    assert "socket.getaddrinfo ('example.com', 80" in proc.stdout

@@ -31,10 +31,19 @@ from advbench.errors import UserError
 @click.option("--match", "matches", multiple=True, metavar="TEXT",
               help="Run only the cells whose description (as --dry-run lists it) contains TEXT; repeat to require "
                    "several. Cell ids do not change, so a later full run skips these cells.")
-def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, matches, **execution):
+@click.option("--executor", "executor_name", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: cells one after another here; ray: each cell a Ray task (pip install \"advbench[ray]\"; "
+                   "docs/cluster.md).")
+@click.option("--address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
+              help="Ray cluster to use (default: start a local Ray instance).")
+@click.option("--num-cpus", type=float, default=None, help="CPUs per cell on Ray (default: the spec's [ray], else 1).")
+@click.option("--num-gpus", type=float, default=None, help="GPUs per cell on Ray (default: the spec's [ray], else 0).")
+def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, matches, executor_name, address,
+          num_cpus, num_gpus, **execution):
     """Run every cell of a benchmark spec (finished cells are skipped, so a killed run resumes).
 
-    Cells run in the spec's order: domain, then defense, attack, threat model and seed.
+    Cells run in the spec's order: domain, then defense, attack, threat model and seed; with --executor ray they
+    run in parallel as Ray tasks and the driver appends each record as it comes back.
     """
     from rich.console import Console
     from rich.live import Live
@@ -42,8 +51,8 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, mat
 
     from advbench.cli.options import run_options
     from advbench.cli.tables import cells_table
+    from advbench.executors import RayConfig, make_executor, run_grid
     from advbench.results import ResultStore, cell_id
-    from advbench.runner import run_cell
     from advbench.spec import load_spec
     from advbench.validation import check_run_outputs, check_tolerance
 
@@ -53,7 +62,13 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, mat
         from advbench.regression import read_baseline
 
         read_baseline(Path(check_csv))  # a bad baseline is reported before the grid runs, not after
+    flags = {"address": address, "num_cpus": num_cpus, "num_gpus": num_gpus}
+    if executor_name != "ray" and any(v is not None for v in flags.values()):
+        given = ", ".join(f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None)
+        raise UserError(f"{given} only apply to --executor ray")
     spec = load_spec(spec_path, execution.pop("mixed_precision"))
+    ray_config = RayConfig(**{**spec.ray, **{k: v for k, v in flags.items() if v is not None}})
+    executor = make_executor(executor_name, ray_config, threads)  # no Ray installed: one line, before any work
     results = results or spec.results or f"results/{spec.name}.jsonl"
     check_run_outputs(results, execution["cache_dir"], not execution["no_cache"])
     store = ResultStore(results)
@@ -75,19 +90,28 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, mat
         for cell, cid in zip(cells, ids):
             console.print(f"{'done' if cid in done else 'todo'}  {cid}  {escape(cell.describe())}")
         return
-    current = {"text": ""}
-    options = run_options(**execution, quiet=True,
-                          on_stage=lambda name, entry: current.update(text=f"{name} {entry['class'] or ''}"))
-    rows = []
+    options = run_options(**{**execution, "device": "cpu"}, quiet=True)
+    options.device = executor.device(execution["device"])  # on Ray: the workers' device, not this machine's
+    rows: dict[int, dict] = {}
     shard_text = f" (shard {shard})" if shard else ""
-    title = f"{spec.name}: {len(cells)} of {len(spec.cells)} cells{shard_text} -> {results}"
-    with Live(cells_table(rows, title), console=console, refresh_per_second=2, transient=False) as live:
-        for index, (cell, cid) in enumerate(zip(cells, ids), 1):
-            skipped = cid in done
-            live.update(cells_table(rows + [_row(cell, None, f"running ({index}/{len(ids)})")], title))
-            record = run_cell(cell, store, options)
-            rows.append(_row(cell, record, "skipped (done)" if skipped else "done"))
-            live.update(cells_table(rows, title))
+    where = f" on ray ({address or 'local instance'})" if executor_name == "ray" else ""
+    title = f"{spec.name}: {len(cells)} of {len(spec.cells)} cells{shard_text}{where} -> {results}"
+
+    def table():
+        return cells_table([rows[i] for i in sorted(rows)], title)
+
+    try:
+        executor.start()  # a Ray instance or cluster that cannot be reached fails here, before the live table
+        with Live(table(), console=console, refresh_per_second=2, transient=False) as live:
+            def report(index, cell, record, status):
+                rows[index] = _row(cell, record, status)
+                live.update(table())
+
+            run_grid(cells, ids, store, options, executor, report)
+    finally:
+        executor.close()
+        if not console.is_terminal:
+            console.line()  # rich ends a live table with a newline only on a terminal (not in logs, CI, SLURM)
     console.print(f"{len(ids)} cells finished; results in {results}")
     if check_csv:
         from advbench.cli.leaderboard import check_command
