@@ -122,11 +122,12 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: FinetuneConfig) -> to
     return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def diffusion_prediction(model: Model, pixel_values: torch.Tensor, captions: Sequence[str],
-                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prediction, target) in float32 of one DDPM training step: the UNet's prediction and the noise (or
-    velocity/sample, per the scheduler) it should match. :func:`diffusion_loss` is their MSE; a loss of another
-    shape (SOPHON's suppression) uses the same draws."""
+def noised_latents(model: Model, pixel_values: torch.Tensor, generator: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, target) of one DDPM training step: the noised latents of the images, their timesteps and what the
+    UNet should predict there (the noise, or velocity/sample, per the scheduler), drawn from ``generator`` in the
+    order :func:`diffusion_prediction` draws them. For losses that compare predictions on the same x_t under
+    several conditionings (Dark Miner's circumvention)."""
     device = model.device
     with torch.no_grad():  # the VAE (if any) is never trained; pixel layouts need no gradient either
         latents = model.encode_images(pixel_values.to(device), generator=generator).float()
@@ -136,8 +137,6 @@ def diffusion_prediction(model: Model, pixel_values: torch.Tensor, captions: Seq
                               generator=generator).to(device)
     # Forward diffusion: x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε.
     noisy = model.scheduler.add_noise(latents, noise, timesteps)
-    hidden = model.encode_prompts(list(captions))
-    prediction = model.unet(noisy, timesteps, hidden).sample
     kind = model.scheduler.config.prediction_type
     if kind == "epsilon":
         target = noise
@@ -145,16 +144,32 @@ def diffusion_prediction(model: Model, pixel_values: torch.Tensor, captions: Seq
         target = model.scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = latents
-    return prediction.float(), target.float()
+    return noisy, timesteps, target.float()
 
 
-def diffusion_loss(model: Model, pixel_values: torch.Tensor, captions: Sequence[str],
-                   generator: torch.Generator, reduction: str = "mean") -> torch.Tensor:
+def diffusion_prediction(model: Model, pixel_values: torch.Tensor, captions: Sequence[str] | None,
+                         generator: torch.Generator, hidden: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction, target) in float32 of one DDPM training step: the UNet's prediction and the noise (or
+    velocity/sample, per the scheduler) it should match. :func:`diffusion_loss` is their MSE; a loss of another
+    shape (SOPHON's suppression) uses the same draws. ``hidden`` (B×L×D) conditions the UNet instead of the
+    encoded ``captions``: a conditioning that is optimised directly (Dark Miner's mined embedding)."""
+    noisy, timesteps, target = noised_latents(model, pixel_values, generator)
+    if hidden is None:
+        hidden = model.encode_prompts(list(captions))
+    prediction = model.unet(noisy, timesteps, hidden.to(noisy.device)).sample
+    return prediction.float(), target
+
+
+def diffusion_loss(model: Model, pixel_values: torch.Tensor, captions: Sequence[str] | None,
+                   generator: torch.Generator, reduction: str = "mean", hidden: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """DDPM loss: MSE between the UNet's prediction and the noise (or velocity/sample, per the scheduler).
 
-    ``reduction="none"`` returns one loss per image (the mean over its elements) instead of the batch mean.
+    ``reduction="none"`` returns one loss per image (the mean over its elements) instead of the batch mean;
+    ``hidden`` conditions on hidden states instead of ``captions`` (see :func:`diffusion_prediction`).
     """
-    prediction, target = diffusion_prediction(model, pixel_values, captions, generator)
+    prediction, target = diffusion_prediction(model, pixel_values, captions, generator, hidden)
     if reduction == "none":
         return F.mse_loss(prediction, target, reduction="none").flatten(1).mean(1)
     return F.mse_loss(prediction, target)

@@ -20,3 +20,5 @@ def register_defenses(register):
              "SOPHON: first-order MAML suppression of simulated illegal fine-tunes, alternated with legal training.")
     register("imma", "advbench_plugins.defenses.imma:IMMA",
              "IMMA: ascent of a simulated adaptation's loss on the attention projections, alternating with it.")
+    register("darkminer", "advbench_plugins.defenses.darkminer:DarkMiner",
+             "Dark Miner: mine embeddings that still draw an illegal class, verify, circumvent (LoRA on to_v).")
