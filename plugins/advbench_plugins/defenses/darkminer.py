@@ -330,7 +330,6 @@ class DarkMiner(Defense):
 
         from advbench.adapters import merge_lora
 
-        p = self.params
         t0 = time.perf_counter()
         work = model.clone()
         rows, mined, stops, embeddings = [], [], {}, []
