@@ -224,9 +224,14 @@ class RayExecutor:
         # every worker sees the same absolute cache folder; nothing is reported back while a cell runs
         options = dataclasses.replace(options, cache_dir=str(_cache_root(options.cache_dir)), progress=False,
                                       on_stage=None)
-        shared = ray.put({"options": options, "plugins": _runtime_plugins(), "threads": self.threads,
-                          "num_cpus": config.num_cpus, "allow": os.environ.get("ADVBENCH_PLUGINS"),
-                          "cwd": os.getcwd()})
+        shared = {"options": options, "plugins": _runtime_plugins(), "threads": self.threads,
+                  "num_cpus": config.num_cpus, "allow": os.environ.get("ADVBENCH_PLUGINS"), "cwd": os.getcwd()}
+        try:  # Ray serializes the plugin objects with the rest; a plugin it cannot send fails here, in one line
+            shared = ray.put(shared)
+        except Exception as exc:
+            raise UserError(f"the plugins registered at run time here ({', '.join(n for n, _ in shared['plugins'])}) "
+                            f"cannot be sent to Ray workers ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}); install them "
+                            "as packages with an advbench entry point instead (docs/plugins.md)") from None
         refs = {task.remote(_portable(cell), shared): (index, cell) for index, cell in jobs}
         failures: list[tuple[Any, BaseException]] = []
         try:
@@ -286,24 +291,17 @@ def _portable(cell):
     return light
 
 
-def _runtime_plugins() -> bytes:
-    """The plugin objects registered at run time in this process (not through entry points), pickled."""
+def _runtime_plugins() -> list[tuple[str, Any]]:
+    """The plugin objects registered at run time in this process (not through entry points): Ray sends them to
+    the workers as task data (advbench itself never pickles or unpickles anything)."""
     import importlib.metadata
-
-    from ray import cloudpickle
 
     from advbench import plugins
 
     from_entry_points = {f"{ep.dist.name if ep.dist else ep.name}:{ep.name}"
                          for ep in importlib.metadata.entry_points(group=plugins.GROUP)}
-    extra = [(name, obj) for name, obj in plugins.get_plugin_manager().list_name_plugin()
-             if obj is not None and name not in from_entry_points]
-    try:
-        return cloudpickle.dumps(extra)
-    except Exception as exc:
-        raise UserError(f"the plugins registered at run time here ({', '.join(n for n, _ in extra)}) cannot be sent "
-                        f"to Ray workers ({type(exc).__name__}: {exc}); install them as packages with an advbench "
-                        "entry point instead (docs/plugins.md)") from None
+    return [(name, obj) for name, obj in plugins.get_plugin_manager().list_name_plugin()
+            if obj is not None and name not in from_entry_points]
 
 
 def _setup_worker(shared: dict[str, Any]) -> None:
@@ -311,8 +309,6 @@ def _setup_worker(shared: dict[str, Any]) -> None:
 
     The driver's working folder: a spec's relative paths (data, model) are read from there, as they are locally.
     """
-    import pickle
-
     from advbench import plugins
 
     try:
@@ -329,15 +325,9 @@ def _setup_worker(shared: dict[str, Any]) -> None:
         else:
             os.environ[plugins.ALLOW_ENV] = allow
         plugins.reset()
-    try:
-        extra = pickle.loads(shared["plugins"])
-    except Exception as exc:
-        raise UserError(f"a plugin registered in the driver process cannot be loaded on Ray worker "
-                        f"{os.uname().nodename}: {type(exc).__name__}: {exc}; install it on every node or ship it "
-                        "with a runtime_env (docs/cluster.md)") from None
     pm = plugins.get_plugin_manager()
     added = False
-    for name, obj in extra:
+    for name, obj in shared["plugins"]:
         if pm.get_plugin(name) is None:
             pm.register(obj, name=name)
             added = True

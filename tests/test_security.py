@@ -82,7 +82,10 @@ def offences(source: str, filename: str = "<source>") -> list[str]:
                 bad(node, "from_pretrained(..., use_safetensors=False) may unpickle a .bin file")
             if _keyword(node, "trust_remote_code") not in (..., False):
                 bad(node, f"{name or attr}(..., trust_remote_code=...) runs code from a hub")
-            if attr in OPEN_CLIP_BUILDERS and _keyword(node, "weights_only") is not True:
+            if name.startswith("timm.") and attr == "create_model":  # timm's only source of weights is the hub
+                if _keyword(node, "pretrained") is not False:
+                    bad(node, "timm create_model(...) without pretrained=False downloads weights")
+            elif attr in OPEN_CLIP_BUILDERS and _keyword(node, "weights_only") is not True:
                 bad(node, f"open_clip {attr}(...) without weights_only=True may unpickle a checkpoint")
             if "load" in attr.lower() or attr == "from_pretrained":
                 args = [*node.args, *(kw.value for kw in node.keywords)]
@@ -124,6 +127,8 @@ def test_no_source_unpickles_or_runs_hub_code():
     "UNet2DConditionModel.from_pretrained(folder, use_safetensors=False)",
     "AutoModel.from_pretrained(folder, trust_remote_code=True)",
     "open_clip.create_model_and_transforms(name, pretrained=path)",
+    "import timm\ntimm.create_model(name)",
+    "import timm\ntimm.create_model(name, pretrained=True)",
     "model.load_state_dict(load_file(folder / 'model.ckpt'))",
     "state = load_weights(f'{folder}/pytorch_model.bin')",
 ])
@@ -139,6 +144,7 @@ def test_the_scan_catches(code):
     "legacy = list(folder.glob('*.bin'))",
     '"""Checkpoints are .bin files; torch.load(path) and import pickle are mentioned here only."""',
     "open_clip.create_model_and_transforms(name, pretrained=path, weights_only=True)",
+    "import timm\ntimm.create_model(name, pretrained=False, num_classes=0)",
 ])
 def test_the_scan_passes(code):
     assert offences(code) == [], code

@@ -20,7 +20,9 @@ PLUGINS = ROOT / "plugins" / "advbench_plugins"
 # Files that call ``randperm`` for something other than drawing training batches (none today). Batch queues
 # belong in advbench/finetune.py (SeededBatcher) only; add a file here with the reason if it draws, say, a
 # random freeze mask or a world's class order.
-RANDPERM_ALLOWED = {"advbench/finetune.py": "SeededBatcher, the one seeded batcher"}
+RANDPERM_ALLOWED = {"advbench/finetune.py": "SeededBatcher, the one seeded batcher",
+                    "plugins/advbench_plugins/defenses/darkminer.py": "the k pool images mined once per loop (a subset "
+                                                                     "drawn once, not a batch queue)"}
 
 
 def _module_name(path: Path) -> str:
