@@ -129,7 +129,7 @@ def test_lpips_weight_files_are_checked(alexnet, tmp_path):
     with pytest.raises(DataError, match="not found"):
         default.fingerprint()
     assert _metric(LpipsDistance, backbone=alexnet[1]).check_domain(None) is None
-    renamed = {k.replace("features.0.", "features.99."): v for k, v in torch.load(alexnet[1]).items()}
+    renamed = {k.replace("features.0.", "features.99."): v for k, v in torch.load(alexnet[1], weights_only=True).items()}
     torch.save(renamed, tmp_path / "renamed.pth")
     with pytest.raises(DataError, match=rf"{tmp_path}/renamed.pth does not fit the AlexNet backbone.*2 missing keys"):
         _metric(LpipsDistance, backbone=str(tmp_path / "renamed.pth")).score(image, image, None, CTX)

@@ -32,7 +32,7 @@ from advbench.errors import DataError
 from advbench.interfaces import ImageEncoder, Metric
 from advbench.params import check, param
 
-from ._common import check_images, wants_cuda
+from ._common import check_images, embed_batches, wants_cuda
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_CHECKPOINT = "models/open_clip/ViT-B-32/open_clip_model.safetensors"
@@ -183,19 +183,11 @@ class OpenClipEncoder(ImageEncoder):
         self.model, self.checkpoint, self.who, self.batch_size = model, checkpoint, who, batch_size
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-        from PIL import Image
-
         clip, preprocess, _ = load_clip(self.model, self.checkpoint, "cpu", self.who)
         images = check_images(images)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                pixels = torch.stack([preprocess(Image.fromarray(img)) for img in images[i:i + self.batch_size]])
-                out.append(F.normalize(clip.encode_image(pixels).float(), dim=-1).numpy())
-        width = int(getattr(clip.visual, "output_dim", 0) or 0)
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, width), np.float32)
+        if not len(images):
+            return np.zeros((0, int(getattr(clip.visual, "output_dim", 0) or 0)), np.float32)
+        return embed_batches(clip.encode_image, preprocess, images, "cpu", "no", self.batch_size).astype(np.float32)
 
     def fingerprint(self) -> str:
         from advbench.cache import file_sha256

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from advbench.errors import DataError
 from advbench.params import param
 
-from .similarity import (EmbeddingReduce, EmbeddingSimilarity, check_weights_params, embed_batches, load_weights,
-                         read_state_dict, reduce_param, stamp)
+from ._common import embed_batches
+from .similarity import (EmbeddingReduce, EmbeddingSimilarity, check_weights_params, load_weights, read_state_dict,
+                         reduce_param, stamp)
 
 CSD_MODEL = "ViT-L-14-quickgelu"
 CSD_CHECKPOINT = "models/csd/checkpoint.pth"

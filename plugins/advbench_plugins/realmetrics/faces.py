@@ -26,9 +26,7 @@ dlib-bin is CPU-only: ``ctx.device`` does not apply (the CNN detector uses CUDA 
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,7 +37,7 @@ from advbench.errors import DataError
 from advbench.interfaces import Metric
 from advbench.params import check, param
 
-from ._common import check_images
+from ._common import ContentMemo, check_images
 
 EMBEDDING_DIM = 128
 CHIP_SIZE = 150  # dlib's ResNet takes aligned 150×150 chips
@@ -114,8 +112,7 @@ def get_embedder(detector: str = "hog") -> FaceEmbedder:
     return FaceEmbedder(detector)
 
 
-_CACHE: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
-_CACHE_SIZE = 8192  # face-distance and face-detect-rate look at the same images: embed each once
+_MEMO = ContentMemo(8192)  # face-distance and face-detect-rate look at the same images: embed each once
 
 
 def embed_images(images: np.ndarray, detector: str = "hog", upsample: int = 1,
@@ -124,12 +121,7 @@ def embed_images(images: np.ndarray, detector: str = "hog", upsample: int = 1,
     embedder = get_embedder(detector)
     out: list[np.ndarray | None] = []
     for image in check_images(images):
-        key = (detector, upsample, jitters, image.shape, hashlib.sha1(np.ascontiguousarray(image)).hexdigest())
-        if key not in _CACHE:
-            _CACHE[key] = embedder.embed(image, upsample, jitters)
-            if len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
-        out.append(_CACHE[key])
+        out.append(_MEMO.get((detector, upsample, jitters), image, lambda im: embedder.embed(im, upsample, jitters)))
     return out
 
 

@@ -35,7 +35,7 @@ from advbench.errors import DataError
 from advbench.interfaces import Metric
 from advbench.params import check, param
 
-from ._common import check_images, wants_cuda
+from ._common import check_images, embed_batches
 
 
 # ---------------------------------------------------------------------------------------- weight files
@@ -185,23 +185,6 @@ class EmbeddingSimilarity(ReferenceSimilarity):
 
     def pair_values(self, images, references, ctx):
         return cosine_matrix(self.embed(images, ctx), self.embed(references, ctx), self.params.reduce)
-
-
-def embed_batches(forward, transform, images: np.ndarray, device: str, mixed_precision: str,
-                  batch_size: int) -> np.ndarray:
-    """Unit embeddings (float64) of uint8 images: ``transform`` (PIL image → C×H×W tensor) then ``forward``."""
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
-    autocast = torch.autocast("cuda", dtype=dtype, enabled=dtype is not None and wants_cuda(device))
-    out = []
-    with torch.inference_mode(), autocast:
-        for i in range(0, len(images), batch_size):
-            pixels = torch.stack([transform(Image.fromarray(img)) for img in images[i:i + batch_size]]).to(device)
-            out.append(F.normalize(forward(pixels).float(), dim=-1).cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
 
 
 EmbeddingReduce = Literal["pairs", "nearest", "mean"]
