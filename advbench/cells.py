@@ -7,6 +7,9 @@ plugins are resolved once however often the runner asks.
 
 A cell of an attack that declares ``anytime`` is an anytime curve: one attack run scored at each of its
 ``budgets`` (optimizer steps; the last is the attack's ``steps``, by default ``steps``/8, /4, /2, ``steps``).
+
+A cell's ``metrics`` are metric plugins it scores besides the domain's own (``--metric NAME:k=v``, a spec's
+``metrics = [...]``), each with its own parameters.
 """
 
 from __future__ import annotations
@@ -81,8 +84,14 @@ class Cell:
     budgets: tuple[int, ...] | None = None  # None: the attack's default budgets (when it is anytime)
     base: str = "naive"  # "exposed": the base fine-tuned on the publisher's share first (advbench.exposure)
     mixed_precision: str = "no"  # fp16/bf16 change the numbers, so they are part of the cell
+    metrics: tuple[PluginSpec, ...] = ()  # metrics scored besides the domain's, sorted by name (one id per set)
 
     def __post_init__(self):
+        self.metrics = tuple(sorted(self.metrics, key=lambda spec: spec.name))
+        names = [spec.name for spec in self.metrics]
+        if len(set(names)) < len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise UserError(f"metric {', '.join(map(repr, twice))} is given twice; give each metric once")
         if self.threat_model not in THREAT_MODELS:
             raise UserError(f"unknown threat model '{self.threat_model}'; use one of: {', '.join(THREAT_MODELS)}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
@@ -144,15 +153,22 @@ class Cell:
             **({"base": self.base} if self.base != "naive" else {}),
             # absent in full precision, so the ids of cells recorded before precision was part of a cell are unchanged
             **({"mixed_precision": self.mixed_precision} if self.mixed_precision != "no" else {}),
+            # absent without added metrics, so the ids of cells recorded before --metric existed are unchanged
+            **({"metrics": [{"name": s.name, "params": s.resolved_params()} for s in self.metrics]}
+               if self.metrics else {}),
         }
 
     def validate(self, deep: bool = True) -> None:
         """Resolve every plugin and parameter (raises a UserError on the first mistake); ``deep`` also checks
         everything the cell will read (metrics, model folder, every image, class sizes: :mod:`advbench.validation`)
         before any stage runs."""
-        for spec in (self.defense, self.attack, self.domain):
+        for spec in (self.defense, self.attack, self.domain, *self.metrics):
             spec.build()
         self.resolved_budgets()
+        if self.metrics:
+            from advbench.validation import added_metrics
+
+            added_metrics(self.domain.build(), self.metrics)
         if deep:
             from advbench.validation import check_cell
 
@@ -196,3 +212,43 @@ def check_budgets(budgets: Any) -> tuple[int, ...]:
 
 def format_budgets(budgets: tuple[int, ...]) -> str:
     return ",".join(str(b) for b in budgets)
+
+
+def metric_spec(item: Any, where: str) -> PluginSpec:
+    """An added metric: ``"NAME"`` or ``"NAME:KEY=VALUE,KEY=VALUE"`` (``--metric``, a spec's ``metrics`` list) or a
+    spec table ``{name = "NAME", params = {...}}``; ``where`` names the option or spec entry in errors.
+
+    A comma-separated piece without ``=`` continues the previous value, so a list parameter reads as written:
+    ``nudenet-score:classes=FEMALE_BREAST_EXPOSED,BUTTOCKS_EXPOSED``.
+    """
+    example = "clip-score or NAME:key=value,key=value"
+    if isinstance(item, dict):
+        unknown = sorted(set(item) - {"name", "params"})
+        if unknown:
+            raise UserError(f"{where}: unknown key '{unknown[0]}'; a metric table has name and params")
+        name, params = item.get("name"), item.get("params", {})
+        if not isinstance(name, str) or not name or not isinstance(params, dict):
+            raise UserError(f"{where} needs a name and optional params table, e.g. {{ name = \"clip-score\" }}")
+        return PluginSpec("metric", name, dict(params))
+    if not isinstance(item, str):
+        raise UserError(f"{where} must be a metric name, e.g. {example}, not {item!r}")
+    name, _, rest = item.partition(":")
+    name = name.strip()
+    if not name:
+        raise UserError(f"{where} {item!r} names no metric; write e.g. {example}")
+    params: dict[str, str] = {}
+    last = None
+    for piece in rest.split(",") if rest.strip() else ():
+        key, sep, value = piece.partition("=")
+        if not sep:
+            if last is None:
+                raise UserError(f"{where} {item!r}: {piece!r} is not key=value; write e.g. {example}")
+            params[last] += "," + piece.strip()
+            continue
+        key = key.strip()
+        if not key:
+            raise UserError(f"{where} {item!r}: {piece!r} has no key; write e.g. {example}")
+        if key in params:
+            raise UserError(f"{where} {item!r} gives {key} twice; keep one")
+        params[key], last = value.strip(), key
+    return PluginSpec("metric", name, params)

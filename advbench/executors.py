@@ -288,6 +288,9 @@ def _portable(cell):
         spec = copy.copy(getattr(cell, name))
         spec._built = None
         setattr(light, name, spec)
+    light.metrics = tuple(copy.copy(spec) for spec in cell.metrics)  # added metrics (--metric) likewise
+    for spec in light.metrics:
+        spec._built = None
     return light
 
 

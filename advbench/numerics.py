@@ -21,8 +21,6 @@ SIGNATURE = (
     ("device type", lambda p: device_type(p["device"]) if p.get("device") else None),
     ("domain version", lambda p: p.get("domain_version")),
     ("base model (fingerprint)", lambda p: p.get("model_fingerprint")),
-    ("metric weights (fingerprints)",
-     lambda p: json.dumps(p["metric_fingerprints"], sort_keys=True) if p.get("metric_fingerprints") else None),
 )
 
 
@@ -32,9 +30,14 @@ def device_type(device: str) -> str:
 
 
 def signature(record: dict[str, Any]) -> dict[str, Any]:
-    """The record's value of every :data:`SIGNATURE` entry (None where it was not recorded)."""
+    """The record's value of every :data:`SIGNATURE` entry (None where it was not recorded), and one entry per
+    metric it scored: its weights' fingerprint (``null`` when its params identify it). Per metric, so a record
+    that scored one more metric (``--metric``) still compares with one that did not on the metrics both have."""
     prov = record.get("provenance") or {}
-    return {name: read(prov) for name, read in SIGNATURE}
+    out = {name: read(prov) for name, read in SIGNATURE}
+    for metric, fingerprint in sorted((prov.get("metric_fingerprints") or {}).items()):
+        out[f"metric '{metric}' weights (fingerprint)"] = json.dumps(fingerprint)
+    return out
 
 
 def check_comparable(records: list[dict[str, Any]], group_of) -> None:

@@ -1,10 +1,11 @@
 """The results store: one JSON record per finished cell, appended atomically to a JSON Lines file.
 
 A record (schema version 2, documented key by key in ``docs/results-schema.md``; version-1 records stay readable)
-holds the cell, its per-class metric values at every attack budget, per-stage timings and peak memory, and
-provenance; :func:`build_record` assembles one and :func:`validate_record` checks one. :meth:`ResultStore.append` never leaves a half
-record: under an ``fcntl`` lock on a sidecar lock file it writes the old content plus the new line to a temporary
-file in the same folder, fsyncs it and renames it over the results file. A rerun asks :meth:`ResultStore.has`
+holds the cell, its per-class metric values at every attack budget, per-stage timings and peak memory,
+provenance and (optional: older records lack it) a few generated images per class; :func:`build_record`
+assembles one and :func:`validate_record` checks one. :meth:`ResultStore.append` never leaves a half record:
+under an ``fcntl`` lock on a sidecar lock file it writes the old content plus the new line to a temporary file
+in the same folder, fsyncs it and renames it over the results file. A rerun asks :meth:`ResultStore.has`
 (or :meth:`ResultStore.finished_ids`) and skips finished cells. A record that cannot be written (a full disk) is
 kept in a pending side file and counts as finished; a last line cut short is read around and moved aside by the
 next write (:mod:`advbench.safeio`).
@@ -123,6 +124,26 @@ def _check_stages(stages: Any) -> None:
                  f"stages[{i}].budget must be an integer or absent")
 
 
+def _check_thumbnails(thumbs: Any, classes: dict[str, Any]) -> None:
+    """The optional ``thumbnails`` (:mod:`advbench.thumbnails`): its shape only; the PNGs are not decoded here."""
+    _require(isinstance(thumbs, dict), "thumbnails must be an object")
+    for key in ("max_side", "per_strip"):
+        value = thumbs.get(key)
+        _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                 f"thumbnails.{key} must be a positive integer")
+    entries = thumbs.get("classes")
+    _require(isinstance(entries, dict), "thumbnails.classes must be an object")
+    for cls, entry in entries.items():
+        where = f"thumbnails.classes.{cls}"
+        _require(cls in classes, f"{where} is not a class of metrics.classes")
+        _require(isinstance(entry, dict) and entry.get("role") == classes[cls].get("role"),
+                 f"{where}.role must be the class's role in metrics.classes")
+        _require(isinstance(entry.get("prompt"), str), f"{where}.prompt must be a string")
+        _require(isinstance(entry.get("after"), str) and entry["after"], f"{where}.after must be a base64 PNG")
+        _require(entry.get("before") is None or (isinstance(entry["before"], str) and entry["before"]),
+                 f"{where}.before must be a base64 PNG or null")
+
+
 def validate_record(rec: Any) -> None:
     """Raise ``ValueError`` naming the first problem if ``rec`` is not a result record of a readable schema."""
     _require(isinstance(rec, dict), f"a record must be a JSON object, not {type(rec).__name__}")
@@ -147,7 +168,12 @@ def validate_record(rec: Any) -> None:
         isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in budgets) and budgets == sorted(set(budgets))),
         "cell.budgets must be an increasing list of positive integers, or absent")
     _require("base" not in cell or cell["base"] == "exposed", "cell.base must be \"exposed\" or absent (the naive base)")
+    _require("metrics" not in cell or (isinstance(cell["metrics"], list) and cell["metrics"] and all(
+        isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("params"), dict)
+        for m in cell["metrics"])), "cell.metrics must be a non-empty list of {name, params}, or absent")
     _check_metrics(rec["metrics"], version, budgets)
+    if "thumbnails" in rec:
+        _check_thumbnails(rec["thumbnails"], rec["metrics"]["classes"])
     if version >= 2:
         anytime = rec["anytime"]
         _require(isinstance(anytime, dict) and isinstance(anytime.get("exact"), bool)
@@ -173,10 +199,12 @@ def summarize_classes(classes: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def build_record(cell: dict[str, Any], curve: list[tuple[int | None, dict[str, dict[str, Any]]]], primary: str,
                  higher_is_better: dict[str, bool], anytime: dict[str, Any],
-                 before: dict[str, dict[str, Any]] | None = None, **rest: Any) -> dict[str, Any]:
+                 before: dict[str, dict[str, Any]] | None = None, thumbnails: dict[str, Any] | None = None,
+                 **rest: Any) -> dict[str, Any]:
     """A schema-2 record: ``curve`` is ``[(budget, {class: {"role", "values"}})]`` in budget order, ``before`` the
-    same classes scored on the protected model before any attack (or None); ``rest`` holds ``defense_info``,
-    ``stages``, ``total_seconds``, ``provenance``, ``started_at`` and ``finished_at``.
+    same classes scored on the protected model before any attack (or None), ``thumbnails`` a few generated images
+    per class (:mod:`advbench.thumbnails`; omitted when None); ``rest`` holds ``defense_info``, ``stages``,
+    ``total_seconds``, ``provenance``, ``started_at`` and ``finished_at``.
 
     ``metrics.classes/illegal/legal`` are the last point (the whole attack), as in schema 1.
     """
@@ -185,7 +213,8 @@ def build_record(cell: dict[str, Any], curve: list[tuple[int | None, dict[str, d
                **{k: points[-1][k] for k in ("classes", *ROLES)}, "curve": points,
                **({"before": summarize_classes(before)} if before else {})}
     record = {"schema_version": SCHEMA_VERSION, "cell_id": cell_id(cell), "config_hash": config_hash(cell),
-              "cell": cell, "metrics": metrics, "anytime": anytime, **rest}
+              "cell": cell, "metrics": metrics, "anytime": anytime, **rest,
+              **({"thumbnails": thumbnails} if thumbnails is not None else {})}
     validate_record(record)
     return record
 

@@ -23,13 +23,15 @@ from typing import Any, Callable
 import numpy as np
 
 from advbench.cache import StageCache, stable_hash
-from advbench.cells import Cell, PluginSpec
-from advbench.errors import StaleResultError
+from advbench.cells import Cell
 from advbench.interfaces import Anytime, AttackData, Context, Example, ProtectedModel, PublisherData
 from advbench.numerics import device_type
 from advbench.profiling import measure
 from advbench.provenance import provenance
 from advbench.results import ResultStore, build_record, cell_id
+from advbench.staleness import build_metric, check_not_stale, encoder_provenance, model_fingerprint
+from advbench.thumbnails import class_thumbnails, record_thumbnails
+from advbench.validation import added_metrics
 
 # Bump a stage's version when its output format or semantics change, so old cache entries are not reused.
 STAGE_VERSIONS = {"expose": 1, "protect": 1, "adapt": 1, "generate": 1, "score": 1}
@@ -70,11 +72,15 @@ class _CellRun:
         self.illegal, self.legal = list(self.domain.illegal_classes()), list(self.domain.legal_classes())
         self.data = split(self.domain.dataset(), self.illegal + self.legal, seed=self.domain.split_seed(cell.seed))
         self.naive = Model.load(cell.model) if cell.model else self.domain.base_model()
-        self.model_fp = _model_fingerprint(cell, self.naive)
+        self.model_fp = model_fingerprint(cell, self.naive)
         self.base, self.base_id, self.base_facts = self.naive, self.model_fp, {"base": "naive"}
         self.sampling = SamplingConfig(**self.domain.sampling())
         names = [self.domain.primary_metric, *[m for m in self.domain.extra_metrics if m != self.domain.primary_metric]]
-        self.metrics = {name: _build_metric(name, self.domain) for name in names}
+        self.metrics = {name: build_metric(name, self.domain) for name in names}
+        # what the score stage's key holds per metric: the domain's parameters, an added metric's own (resolved)
+        self.metric_params = {name: self.domain.metric_params(name) for name in names}
+        self.metrics.update(added_metrics(self.domain, cell.metrics))
+        self.metric_params.update({spec.name: spec.resolved_params() for spec in cell.metrics})
         self.metric_fps = {name: m.fingerprint() for name, m in self.metrics.items()}
 
     def prepare_base(self) -> None:
@@ -260,10 +266,11 @@ def generate_stage(run: _CellRun, model_dir: Path, source: dict[str, str], cls: 
 
 
 def score_stage(run: _CellRun, gen_dir: Path, gen_key: str, cls: str, budget: int | None) -> dict[str, float]:
-    """Every metric of the domain on one class's generated images, against its held-out references."""
+    """Every metric of the domain, and the cell's added ones, on one class's generated images, against its
+    held-out references."""
     from advbench.data import examples_to_array
 
-    key = run.key("score", {"generate": gen_key, "metrics": {n: run.domain.metric_params(n) for n in run.metrics},
+    key = run.key("score", {"generate": gen_key, "metrics": run.metric_params,
                             "metric_fingerprints": run.metric_fps,
                             "references": examples_hash(run.data.reference[cls]), "class": cls})
 
@@ -287,7 +294,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
         cid = cell_id(cell.to_json())
         existing = next((r for r in store.records() if r["cell_id"] == cid), None)
         if existing is not None:
-            _check_not_stale(existing, cell, store, options)
+            check_not_stale(existing, cell, store.path, options.device)
             return existing
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -296,26 +303,38 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
     protected, protect_key = protect_stage(run)
     curve: dict[int | None, dict[str, Any]] = {b: {} for b in (run.budgets or [None])}
     before: dict[str, Any] = {}
+    thumbnails: dict[str, Any] = {}
     for role, cls in run.classes():
+        start_dir = None
         if run.budgets and len(run.budgets) > 1:  # a curve's start: the protected model before any attack
-            gen_dir, gen_key = generate_stage(run, run.cache.path("protect", protect_key) / "model",
-                                              {"protected": protect_key}, cls, 0)
-            before[cls] = {"role": role, "values": score_stage(run, gen_dir, gen_key, cls, 0)}
+            start_dir, gen_key = generate_stage(run, run.cache.path("protect", protect_key) / "model",
+                                                {"protected": protect_key}, cls, 0)
+            before[cls] = {"role": role, "values": score_stage(run, start_dir, gen_key, cls, 0)}
         for budget, adapt_dir, adapt_key in adapt_stage(run, protected, protect_key, role, cls):
             gen_dir, gen_key = generate_stage(run, adapt_dir / "model", {"adapt": adapt_key}, cls, budget)
             curve[budget][cls] = {"role": role, "values": score_stage(run, gen_dir, gen_key, cls, budget)}
+        thumbnails[cls] = _class_thumbnails(role, gen_dir, start_dir)
     record = build_record(
         run.json, list(curve.items()), run.domain.primary_metric,
         {n: bool(m.higher_is_better) for n, m in run.metrics.items()}, _anytime_facts(run), before or None,
-        defense_info=protected.info, stages=run.stages, total_seconds=round(time.perf_counter() - t0, 3),
+        thumbnails=record_thumbnails(thumbnails), defense_info=protected.info, stages=run.stages,
+        total_seconds=round(time.perf_counter() - t0, 3),
         provenance=provenance(options.device, extra={**_provenance_extra(cell), "domain_version": run.domain.version,
                                                      "model_fingerprint": run.model_fp,
                                                      "metric_fingerprints": run.metric_fps, "base": run.base_facts,
-                                                     **_encoder_provenance(run.encoder_fp)}),
+                                                     **encoder_provenance(run.encoder_fp)}),
         started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat())
     if store is not None:
         store.append(record)
     return record
+
+
+def _class_thumbnails(role: str, final_dir: Path, start_dir: Path | None) -> dict[str, Any]:
+    """A class's thumbnail strips (:mod:`advbench.thumbnails`), read from its generate stages: at the final budget
+    and, for a curve, before any attack. Outputs only: they join no stage key and no cell id."""
+    images, prompts = _load_images(final_dir)
+    start = _load_images(start_dir)[0] if start_dir is not None else None
+    return class_thumbnails(role, prompts[0], images, start)
 
 
 def _anytime_facts(run: _CellRun) -> dict[str, Any]:
@@ -333,69 +352,10 @@ def _anytime_facts(run: _CellRun) -> dict[str, Any]:
     return {"budget_param": "steps", "exact": exact, "note": note}
 
 
-def _build_metric(name: str, domain: Any) -> Any:
-    return PluginSpec("metric", name, domain.metric_params(name)).build()
-
-
-_FINGERPRINTS: dict[tuple[str | None, str], str] = {}
-
-
-def _model_fingerprint(cell: Cell, base: Any | None = None) -> str:
-    """The cell's base-model fingerprint: of ``base`` when given (and remembered), else loaded once per process."""
-    key = (cell.model, stable_hash([cell.domain.name, cell.domain.resolved_params()]))
-    if base is not None or key not in _FINGERPRINTS:
-        if base is None:
-            from advbench.model import Model
-
-            base = Model.load(cell.model) if cell.model else cell.domain.build().base_model()
-        _FINGERPRINTS[key] = base.fingerprint()
-    return _FINGERPRINTS[key]
-
-
-def _check_not_stale(record: dict[str, Any], cell: Cell, store: ResultStore, options: RunOptions) -> None:
-    """Refuse to resume over a finished cell made on another device type, or whose base model or metric weights
-    differ from today's.
-
-    Records written before fingerprints were recorded carry none and are trusted as they are.
-    """
-    prov = record.get("provenance", {})
-    then, now = device_type(prov.get("device", "cpu")), device_type(options.device)
-    if then != now:
-        raise StaleResultError(f"{store.path} already holds cell {record['cell_id']} ({cell.describe()}), computed "
-                               f"on {then}; this run is on {now}, which gives other numbers: write to a new "
-                               f"--results file, or run on --device {then}")
-    if "model_fingerprint" not in prov:
-        return
-    now_model = _model_fingerprint(cell)
-    what = None
-    if prov["model_fingerprint"] != now_model:
-        what = f"base model (fingerprint {prov['model_fingerprint'][:12]}, now {now_model[:12]})"
-    else:
-        domain = cell.domain.build()
-        if prov.get("defense_encoder_fingerprint"):  # a defense that verified with the domain's encoder
-            now = domain.defense_encoder().fingerprint()
-            if prov["defense_encoder_fingerprint"] != now:
-                what = f"defense encoder (weights {prov['defense_encoder_fingerprint'][:12]}, now {now[:12]})"
-        for name, old in (prov.get("metric_fingerprints") or {}).items() if what is None else ():
-            now = _build_metric(name, domain).fingerprint()
-            if old != now:
-                what = f"metric {name!r} (weights {str(old)[:12]}, now {str(now)[:12]})"
-                break
-    if what is not None:
-        raise StaleResultError(f"{store.path} already holds cell {record['cell_id']} ({cell.describe()}), made with "
-                               f"another {what}: the model or the shipped tiny world changed since; write to a "
-                               f"new --results file, or delete that file's stale records to recompute them")
-
-
-def _encoder_provenance(fingerprint: str | None) -> dict[str, Any]:
-    """The defense-side encoder's fingerprint, only in records of a defense that used one."""
-    return {"defense_encoder_fingerprint": fingerprint} if fingerprint else {}
-
-
 def _provenance_extra(cell: Cell) -> dict[str, Any]:
     import torch
 
-    return {
-        "torch_threads": torch.get_num_threads(),
-        "plugins": {spec.kind: {spec.name: spec.source_version()} for spec in (cell.defense, cell.attack, cell.domain)},
-    }
+    plugins = {spec.kind: {spec.name: spec.source_version()} for spec in (cell.defense, cell.attack, cell.domain)}
+    if cell.metrics:  # added metrics (--metric) may come from third-party plugins: record which version scored
+        plugins["metric"] = {spec.name: spec.source_version() for spec in cell.metrics}
+    return {"torch_threads": torch.get_num_threads(), "plugins": plugins}

@@ -7,6 +7,7 @@ seeds = [0, 1, 2]
 threat_models = ["compliant"]      # and/or "unconstrained"
 bases = ["naive", "exposed"]       # optional (default naive): "exposed" fine-tunes the base on the publisher's share
 model = "path/to/model"            # optional: a local model folder instead of each domain's default
+metrics = ["clean-kid:num_subsets=50"]  # optional: metric plugins every cell scores besides its domain's
 
 [[domains]]
 name = "portraits"
@@ -16,6 +17,7 @@ params = { n_illegal = 2, n_legal = 2 }
 name = "random"
 label = "R"                        # optional; a sweep appends "[p=0.3]"
 sweep = { p = [0.1, 0.3, 0.5] }    # optional: one entry per value (cross product over several keys)
+attacks = ["fullft"]               # optional: only these attacks (names or labels) meet this defense
 
 [[attacks]]
 name = "fullft"
@@ -39,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from advbench.cells import MAX_SEED, Cell, PluginSpec
+from advbench.cells import MAX_SEED, Cell, PluginSpec, metric_spec
 from advbench.errors import UserError
 from advbench.executors import check_ray_table
 from advbench.exposure import BASES
@@ -47,9 +49,10 @@ from advbench.results import cell_id
 from advbench.validation import check_spec_path, path_params
 
 TOP_KEYS = {"name", "description", "results", "seeds", "threat_models", "model", "domains", "defenses", "attacks",
-            "budgets", "bases", "ray"}
+            "budgets", "bases", "ray", "metrics"}
 ENTRY_KEYS = {"name", "params", "label", "sweep"}
 ATTACK_KEYS = ENTRY_KEYS | {"budgets"}
+DEFENSE_KEYS = ENTRY_KEYS | {"attacks"}
 SECTIONS = {"domains": "domain", "defenses": "defense", "attacks": "attack"}
 
 
@@ -73,7 +76,7 @@ def _unknown_key(key: str, allowed: set[str], where: str) -> UserError:
 def _expand_entry(entry: Any, kind: str, where: str) -> list[PluginSpec]:
     if not isinstance(entry, dict):
         raise UserError(f"{where} must be a table like {{ name = \"...\" }}, not {entry!r}")
-    allowed = ATTACK_KEYS if kind == "attack" else ENTRY_KEYS
+    allowed = {"attack": ATTACK_KEYS, "defense": DEFENSE_KEYS}.get(kind, ENTRY_KEYS)
     for key in entry:
         if key not in allowed:
             raise _unknown_key(key, allowed, where)
@@ -99,9 +102,10 @@ def _expand_entry(entry: Any, kind: str, where: str) -> list[PluginSpec]:
     return specs
 
 
-def load_spec(path: str | Path, mixed_precision: str = "no") -> BenchSpec:
+def load_spec(path: str | Path, mixed_precision: str = "no", metrics: tuple[PluginSpec, ...] = ()) -> BenchSpec:
     """Parse and validate a spec; every plugin, parameter, path and class is checked before anything runs
-    (:meth:`advbench.cells.Cell.validate`), and a cell that appears twice is refused."""
+    (:meth:`advbench.cells.Cell.validate`), and a cell that appears twice is refused. ``metrics`` (``--metric``)
+    join the spec's own ``metrics`` in every cell."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -133,8 +137,10 @@ def load_spec(path: str | Path, mixed_precision: str = "no") -> BenchSpec:
         raise UserError(f"bench spec {path}: bases must be a non-empty list of {' and/or '.join(BASES)}, "
                         f"got {bases!r}")
     ray = check_ray_table(data.get("ray", {}), f"bench spec {path}")
+    metrics = (*_metrics(data.get("metrics", []), f"bench spec {path}"), *metrics)
     lists: dict[str, list[PluginSpec]] = {}
     budgets: dict[int, Any] = {}  # id of an attack spec -> its entry's budgets (or the spec's)
+    meets: dict[int, Any] = {}  # id of a defense spec -> the attacks it meets (None: all)
     for section, kind in SECTIONS.items():
         entries = data.get(section)
         if not isinstance(entries, list) or not entries:
@@ -144,6 +150,7 @@ def load_spec(path: str | Path, mixed_precision: str = "no") -> BenchSpec:
             specs = _expand_entry(entry, kind, f"bench spec {path}: {section}[{i}]")
             for spec in specs:
                 budgets[id(spec)] = _budgets(entry.get("budgets"), data.get("budgets"), spec, f"bench spec {path}")
+                meets[id(spec)] = entry.get("attacks")
             lists[section] += specs
     model = data.get("model")
     if model is not None and not isinstance(model, str):
@@ -157,9 +164,10 @@ def load_spec(path: str | Path, mixed_precision: str = "no") -> BenchSpec:
         for spec in specs:
             for name, value in path_params(spec.build().params).items():
                 check_spec_path(value, f"bench spec {path}: {section} '{spec.display_label()}' parameter {name}")
-    cells = [Cell(defense, attack, domain, threat, seed, model, budgets[id(attack)], base, mixed_precision)
-             for domain in lists["domains"] for base in bases for defense in lists["defenses"]
-             for attack in lists["attacks"] for threat in threats for seed in seeds]
+    pairs = _pairs(lists["defenses"], lists["attacks"], meets, f"bench spec {path}")
+    cells = [Cell(defense, attack, domain, threat, seed, model, budgets[id(attack)], base, mixed_precision, metrics)
+             for domain in lists["domains"] for base in bases for defense, attack in pairs
+             for threat in threats for seed in seeds]
     seen_cells: dict[str, Cell] = {}
     for cell in cells:
         cid = cell_id(cell.to_json())
@@ -179,6 +187,30 @@ def load_spec(path: str | Path, mixed_precision: str = "no") -> BenchSpec:
     return BenchSpec(name=str(data.get("name", path.stem)), path=path, results=results, cells=cells, ray=ray)
 
 
+def _pairs(defenses: list[PluginSpec], attacks: list[PluginSpec], meets: dict[int, Any], where: str
+           ) -> list[tuple[PluginSpec, PluginSpec]]:
+    """(defense, attack) pairs in spec order: every attack, or only those a defense's ``attacks = [...]`` names
+    (by attack name or label), so a small grid can pair each defense with one attack."""
+    pairs = []
+    for defense in defenses:
+        wanted = meets[id(defense)]
+        if wanted is None:
+            pairs += [(defense, attack) for attack in attacks]
+            continue
+        known = {a.name for a in attacks} | {a.display_label() for a in attacks}
+        if not isinstance(wanted, list) or not wanted or not all(isinstance(w, str) for w in wanted):
+            raise UserError(f"{where}: defense '{defense.display_label()}' attacks must be a non-empty list of "
+                            f"attack names or labels, e.g. attacks = [\"fullft\"]")
+        for name in wanted:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise UserError(f"{where}: defense '{defense.display_label()}' names attack '{name}', which no "
+                                f"[[attacks]] entry has.{hint} Available: {', '.join(sorted(known))}")
+        pairs += [(defense, a) for a in attacks if a.name in wanted or a.display_label() in wanted]
+    return pairs
+
+
 def _budgets(own: Any, shared: Any, spec: PluginSpec, where: str) -> tuple[int, ...] | None:
     """An attack entry's budgets, else the spec's for an attack that supports anytime evaluation, else None."""
     from advbench.cells import check_budgets
@@ -193,3 +225,10 @@ def _budgets(own: Any, shared: Any, spec: PluginSpec, where: str) -> tuple[int, 
         raise UserError(f"{where}: the spec's budgets end at {shared[-1]} but attack '{spec.display_label()}' has "
                         f"steps = {steps}; give that attack its own budgets = [...]")
     return shared
+
+
+def _metrics(entries: Any, where: str) -> list[PluginSpec]:
+    """The spec's ``metrics``: a list of ``"NAME"``/``"NAME:k=v,..."`` strings or ``[[metrics]]`` tables."""
+    if not isinstance(entries, list):
+        raise UserError(f"{where}: metrics must be a list, e.g. metrics = [\"clip-score\"], or [[metrics]] tables")
+    return [metric_spec(entry, f"{where}: metrics[{i}]") for i, entry in enumerate(entries)]

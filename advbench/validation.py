@@ -4,7 +4,8 @@
 for every cell of a grid) refuses a defense that needs a defense-side image encoder on a domain that supplies
 none, resolves every metric the domain names, asks each metric whether it can judge that domain, checks the
 model folder's layout, loads the dataset (an image folder verifies every image and its metadata's encoding as
-it loads) and checks that every class is large enough for the split and for every metric.
+it loads) and checks that every class is large enough for the split and for every metric, the cell's added
+metrics (``--metric``, :func:`added_metrics`) included.
 :func:`check_output_dir` and :func:`check_output_file` check, without leaving anything behind, that a place the
 run will write to is a writable folder or can be created. Every failure is a one-line
 :class:`~advbench.errors.UserError`.
@@ -33,11 +34,12 @@ def check_cell(cell: Cell) -> None:
         check_input_paths(plugin)
     if defense.uses_encoder:  # depends on the defense, so outside the once-per-domain checks below
         check_defense_encoder(defense, cell.domain.build())
-    key = stable_hash([cell.domain.name, cell.domain.resolved_params(), cell.model])
+    added = [[spec.name, spec.resolved_params()] for spec in cell.metrics]
+    key = stable_hash([cell.domain.name, cell.domain.resolved_params(), cell.model, *([added] if added else [])])
     if key in _CHECKED:
         return
     domain = cell.domain.build()
-    metrics = domain_metrics(domain)
+    metrics = {**domain_metrics(domain), **added_metrics(domain, cell.metrics)}
     for plugin in (domain, *metrics.values()):
         check_input_paths(plugin)
     folder = cell.model or domain.model_folder()
@@ -77,6 +79,23 @@ def domain_metrics(domain: Any) -> dict[str, Any]:
         if problem:
             raise UserError(f"metric '{name}' cannot judge domain '{domain.name}': {problem}")
         metrics[name] = metric
+    return metrics
+
+
+def added_metrics(domain: Any, specs: tuple[Any, ...] | list[Any]) -> dict[str, Any]:
+    """A cell's added metrics (``--metric``), built with their own parameters: each a registered metric (else the
+    registry's "Did you mean" line), not one the domain already scores, and able to judge the domain."""
+    own = [domain.primary_metric, *domain.extra_metrics]
+    metrics = {}
+    for spec in specs:
+        metric = spec.build()
+        if spec.name in own:
+            raise UserError(f"metric '{spec.name}' is already scored by domain '{domain.name}' (its metrics: "
+                            f"{', '.join(dict.fromkeys(own))}); add only metrics the domain does not score")
+        problem = metric.check_domain(domain)
+        if problem:
+            raise UserError(f"metric '{spec.name}' cannot judge domain '{domain.name}': {problem}")
+        metrics[spec.name] = metric
     return metrics
 
 

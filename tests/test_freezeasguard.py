@@ -163,6 +163,16 @@ def test_exactly_round_p_n_tensors_frozen_and_artifacts(data, tmp_path, p):
         assert (tmp_path / "run" / png).read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "run" / "frozen_by_block.csv").read_text()
     assert "down_blocks.0" in table and "mid_block" in table
+    # defense_info's per-block frozen fractions, recomputed here from the mask by tensor name
+    by_block = protected.info["frozen_by_block"]
+    blocks = {}
+    for name in names:
+        parts = name.split(".")  # down_blocks.1.resnets.0.conv1.weight -> down_blocks.1; mid_block...; conv_in...
+        block = ".".join(parts[:2]) if parts[0] in ("down_blocks", "up_blocks") else parts[0]
+        blocks.setdefault(block, []).append(mask.frozen[name])
+    assert list(by_block) == list(blocks)  # UNet order
+    assert by_block == {b: pytest.approx(sum(f) / len(f), abs=1e-6) for b, f in blocks.items()}
+    assert 0 < max(by_block.values()) and json.loads(json.dumps(protected.info)) == protected.info
 
 
 def test_parameter_unit_freezes_a_share_of_parameters(data, tmp_path):
@@ -303,6 +313,7 @@ def test_a_runner_cell_with_freezeasguard(temp_plugin, tmp_path):
     info = record["defense_info"]
     assert info["frozen_tensors"] == round(0.3 * info["total_tensors"])
     assert info["publisher_images"]["illegal"] > 0 and "freeze_mask.json" in info["artifacts"]
+    assert "mid_block" in info["frozen_by_block"] and all(0 <= v <= 1 for v in info["frozen_by_block"].values())
     protect = next(s for s in record["stages"] if s["stage"] == "protect")
     folder = tmp_path / "cache" / "protect" / protect["key"]
     assert (folder / "artifacts" / "frozen_by_block.png").exists()

@@ -119,3 +119,62 @@ def test_a_matched_defense_parameter_takes_the_cells_attack(temp_plugin, tmp_pat
     with pytest.raises(UserError, match="follows the cell's attack .*'no-attack' cannot be simulated"):
         Cell(PluginSpec("defense", "follower", {"adaptation": "matched"}), PluginSpec("attack", "no-attack"),
              PluginSpec("domain", "portraits"))
+
+
+def test_a_defense_meets_only_the_attacks_it_names(tmp_path):
+    spec = tmp_path / "pairs.toml"
+    spec.write_text('''
+[[domains]]
+name = "portraits"
+[[defenses]]
+name = "none"
+[[defenses]]
+name = "random"
+label = "R"
+attacks = ["fullft", "plain"]
+[[attacks]]
+name = "fullft"
+[[attacks]]
+name = "lora"
+label = "plain"
+[[attacks]]
+name = "no-attack"
+''')
+    pairs = [(c.defense.display_label(), c.attack.display_label()) for c in load_spec(spec).cells]
+    assert pairs == [("none", "fullft"), ("none", "plain"), ("none", "no-attack"), ("R", "fullft"), ("R", "plain")]
+
+
+@pytest.mark.parametrize("attacks, message", [
+    ('["ful1ft"]', "names attack 'ful1ft', which no [[attacks]] entry has. Did you mean 'fullft'?"),
+    ('[]', "attacks must be a non-empty list"),
+    ('"fullft"', "attacks must be a non-empty list"),
+])
+def test_a_defense_naming_an_unknown_attack_is_refused(tmp_path, attacks, message):
+    spec = tmp_path / "pairs.toml"
+    spec.write_text(f'''
+[[domains]]
+name = "portraits"
+[[defenses]]
+name = "random"
+attacks = {attacks}
+[[attacks]]
+name = "fullft"
+''')
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]").replace("?", r"\?")
+                       .replace("(", r"\(")):
+        load_spec(spec)
+
+
+def test_attacks_is_a_defense_key_only(tmp_path):
+    spec = tmp_path / "pairs.toml"
+    spec.write_text('''
+[[domains]]
+name = "portraits"
+[[defenses]]
+name = "none"
+[[attacks]]
+name = "fullft"
+attacks = ["lora"]
+''')
+    with pytest.raises(UserError, match="unknown key 'attacks'"):
+        load_spec(spec)

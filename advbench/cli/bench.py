@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from advbench.cli.options import metric_option
 from advbench.errors import UserError
 
 
@@ -38,8 +39,9 @@ from advbench.errors import UserError
               help="Ray cluster to use (default: start a local Ray instance).")
 @click.option("--num-cpus", type=float, default=None, help="CPUs per cell on Ray (default: the spec's [ray], else 1).")
 @click.option("--num-gpus", type=float, default=None, help="GPUs per cell on Ray (default: the spec's [ray], else 0).")
+@metric_option
 def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, matches, executor_name, address,
-          num_cpus, num_gpus, **execution):
+          num_cpus, num_gpus, metric_args, **execution):
     """Run every cell of a benchmark spec (finished cells are skipped, so a killed run resumes).
 
     Cells run in the spec's order: domain, then defense, attack, threat model and seed; with --executor ray they
@@ -49,7 +51,7 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, mat
     from rich.live import Live
     from rich.markup import escape
 
-    from advbench.cli.options import run_options
+    from advbench.cli.options import parse_metrics, run_options
     from advbench.cli.tables import cells_table
     from advbench.executors import RayConfig, make_executor, run_grid
     from advbench.results import ResultStore, cell_id
@@ -66,7 +68,7 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, mat
     if executor_name != "ray" and any(v is not None for v in flags.values()):
         given = ", ".join(f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None)
         raise UserError(f"{given} only apply to --executor ray")
-    spec = load_spec(spec_path, execution.pop("mixed_precision"))
+    spec = load_spec(spec_path, execution.pop("mixed_precision"), parse_metrics(metric_args))
     ray_config = RayConfig(**{**spec.ray, **{k: v for k, v in flags.items() if v is not None}})
     executor = make_executor(executor_name, ray_config, threads)  # no Ray installed: one line, before any work
     results = results or spec.results or f"results/{spec.name}.jsonl"

@@ -1,7 +1,10 @@
 """``advbench leaderboard RESULTS``: the leaderboard of a results file, as Markdown or CSV, to stdout and files.
 
 ``--check BASELINE_CSV`` compares with a saved leaderboard and exits 1 on a regression; :func:`check_command`
-is the same check for ``advbench bench --check``.
+is the same check for ``advbench bench --check``. ``advbench leaderboard merge A.jsonl B.jsonl …`` joins several
+results files into the standard leaderboard (:mod:`advbench.standard`); the one-file form keeps working because
+``leaderboard`` is a :class:`DefaultGroup` that runs the one-file command when the first argument names no
+subcommand.
 """
 
 from __future__ import annotations
@@ -48,7 +51,38 @@ def check_command(records: list[dict[str, Any]], baseline_csv: str | Path, toler
     return not problems
 
 
-@click.command()
+class _SamePathContext(click.Context):
+    """The default command's context shows the group's path (``advbench leaderboard``) in usage and help, so the
+    one-file form reads exactly as it did when ``leaderboard`` was a plain command."""
+
+    @property
+    def command_path(self) -> str:
+        return self.parent.command_path if self.parent is not None else super().command_path
+
+
+class DefaultGroup(click.Group):
+    """A group that runs ``default`` (a hidden subcommand) when the first argument is not a subcommand's name.
+
+    Why: ``advbench leaderboard RESULTS [OPTIONS]`` predates ``merge``; scripts and tests call it, and its options
+    may come before RESULTS, which a plain group would reject as its own unknown options.
+    """
+
+    default = "show"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands or args[0] == self.default:
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup)
+def leaderboard_group():
+    """Print the leaderboard of RESULTS (a results .jsonl); `leaderboard merge` joins several files."""
+
+
+@leaderboard_group.command("show", hidden=True,
+                           epilog="Several files: advbench leaderboard merge A.jsonl B.jsonl … (see "
+                                  "`advbench leaderboard merge --help`).")
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True,
               help="What to print to stdout.")
@@ -102,5 +136,40 @@ def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, t
         sys.exit(1)
 
 
+leaderboard.context_class = _SamePathContext
+
+
+@leaderboard_group.command("merge")
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Write <name>.csv and <name>.md into this folder.")
+@click.option("--name", default="standard", show_default=True, help="Base name of the written files.")
+@click.option("--ratings", default=None, type=click.Path(dir_okay=False),
+              help="Human-ratings CSV (from `advbench humaneval import`) to join as human_* columns.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True,
+              help="What to print to stdout.")
+def merge(results, output_dir, name, ratings, fmt):
+    """Join several results files (RESULTS…) into the standard leaderboard: one row per domain, defense, attack
+    and threat model, ranked per domain, attack and threat model, with provenance columns.
+
+    Files of different worlds or base models in one domain, or one cell measured differently in two files, are
+    refused with both files named. Definitions: docs/definitions.md, section "Standard leaderboard".
+    """
+    from advbench.standard import build_standard, load_sources, merge_records, read_ratings, write_standard
+    from advbench.standard_md import standard_markdown
+    from advbench.validation import check_output_dir
+
+    if output_dir:
+        check_output_dir(output_dir, "leaderboard output folder", "pass a writable folder with --output-dir")
+    table = read_ratings(ratings) if ratings else None
+    df = build_standard(merge_records(load_sources(list(results))), table)
+    for label in df.attrs.get("unmatched_ratings", []):
+        click.echo(f"Warning: ratings of '{label}' match no row of the leaderboard (not joined)", err=True)
+    click.echo(standard_markdown(df) if fmt == "md" else df.to_csv(index=False), nl=False)
+    if output_dir:
+        written = write_standard(df, output_dir, name)
+        click.echo("wrote " + ", ".join(str(p) for p in written), err=True)
+
+
 def attach(cli: click.Group) -> None:
-    cli.add_command(leaderboard)
+    cli.add_command(leaderboard_group, "leaderboard")

@@ -28,9 +28,9 @@ def cli():
 
 
 def _attach_commands() -> None:
-    from advbench.cli import bench, cache, leaderboard, listing, run
+    from advbench.cli import bench, cache, humaneval, leaderboard, listing, report, run
 
-    for module in (run, bench, leaderboard, listing, cache):
+    for module in (run, bench, leaderboard, report, humaneval, listing, cache):
         module.attach(cli)
     from advbench.plugins import add_commands
 

@@ -1,4 +1,4 @@
-"""Options shared by ``run`` and ``bench``: where results and caches go, and device/precision."""
+"""Options shared by ``run`` and ``bench``: where results and caches go, device/precision, added metrics."""
 
 from __future__ import annotations
 
@@ -22,6 +22,21 @@ def execution_options(func):
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
+
+
+def metric_option(func):
+    """--metric NAME[:KEY=VALUE,...], repeatable: a metric plugin scored besides the domain's own."""
+    return click.option(
+        "--metric", "metric_args", multiple=True, metavar="NAME[:K=V,...]",
+        help="Also score this metric plugin (see `advbench list`), with its own parameters, e.g. "
+             "--metric example-brightness or --metric clean-kid:num_subsets=50; repeatable. Part of the cell.")(func)
+
+
+def parse_metrics(items: tuple[str, ...] | list[str]) -> tuple:
+    """The ``--metric`` values as metric PluginSpecs (names are checked when the cell is validated)."""
+    from advbench.cells import metric_spec
+
+    return tuple(metric_spec(item, "--metric") for item in items)
 
 
 def resolve_device(device: str) -> str:

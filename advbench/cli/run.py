@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from advbench.cells import MAX_SEED
-from advbench.cli.options import execution_options, run_options
+from advbench.cli.options import execution_options, metric_option, parse_metrics, run_options
 from advbench.exposure import BASES
 from advbench.interfaces import THREAT_MODELS
 
@@ -37,9 +37,10 @@ DEFAULT_RESULTS = "results/runs.jsonl"
               help="exposed: fine-tune the base on the publisher's share of every class first (what an erasure "
                    "defense needs to erase).")
 @click.option("--no-baseline", is_flag=True, help="Do not run the undefended cell for the verdict.")
+@metric_option
 @execution_options
 def run(defense, defense_args, attack, attack_args, domain, domain_args, threat_model, seed, model_path,
-        results, budgets, base, no_baseline, **execution):
+        results, budgets, base, no_baseline, metric_args, **execution):
     """Run one cell: protect, attack each class, generate, score; print the illegal/legal table and a verdict
     against the undefended model."""
     import time
@@ -55,14 +56,15 @@ def run(defense, defense_args, attack, attack_args, domain, domain_args, threat_
     attack_spec = PluginSpec("attack", attack, parse_assignments(attack_args, "--attack-arg"))
     domain_spec = PluginSpec("domain", domain, parse_assignments(domain_args, "--domain-arg"))
     budgets = check_budgets(budgets) if budgets is not None else None
+    metrics = parse_metrics(metric_args)
     cell = Cell(PluginSpec("defense", defense, parse_assignments(defense_args, "--defense-arg")),
-                attack_spec, domain_spec, threat_model, seed, model_path, budgets, base, precision)
+                attack_spec, domain_spec, threat_model, seed, model_path, budgets, base, precision, metrics)
     check_run_outputs(results, execution["cache_dir"], not execution["no_cache"])
     cell.validate()
     baseline = None
     if not no_baseline and defense != "none":
         baseline = Cell(PluginSpec("defense", "none"), cell.attack, domain_spec, threat_model, seed, model_path,
-                        cell.budgets, base, precision)
+                        cell.budgets, base, precision, cell.metrics)
         baseline.validate()
     store = ResultStore(results)
     known = store.finished_ids()  # a corrupt results file is reported before any work

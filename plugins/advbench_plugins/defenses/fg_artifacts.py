@@ -60,6 +60,13 @@ def block_table(mask: FreezeMask, order: list[str]):
     return table
 
 
+def frozen_by_block(table) -> dict[str, float]:
+    """``{block: frozen fraction of its tensors}`` in UNet order, from :func:`block_table`: small enough for the
+    record's ``defense_info``, so a report can draw the mask's heatmap from the results file alone."""
+    return {str(block): round(int(row["frozen_tensors"]) / int(row["tensors"]), 6)
+            for block, row in table.iterrows()}
+
+
 def _canvas(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -114,8 +121,9 @@ def plot_curves(curves: list[dict[str, Any]], p: float, path: Path) -> None:
     figure.savefig(path)
 
 
-def write_all(folder: Path, mask: FreezeMask, result, sizes: dict[str, int], params: dict[str, Any]) -> list[Path]:
-    """Write every artifact into ``folder``; returns their paths."""
+def write_all(folder: Path, mask: FreezeMask, result, sizes: dict[str, int], params: dict[str, Any]
+              ) -> tuple[list[Path], dict[str, float]]:
+    """Write every artifact into ``folder``; returns their paths and :func:`frozen_by_block`."""
     import pandas as pd
 
     folder = Path(folder)
@@ -133,4 +141,4 @@ def write_all(folder: Path, mask: FreezeMask, result, sizes: dict[str, int], par
     curves_csv, curves_png = folder / "mask_curves.csv", folder / "mask_curves.png"
     pd.DataFrame(result.curves).to_csv(curves_csv, index=False)
     plot_curves(result.curves, float(params["p"]), curves_png)
-    return [mask_file, table_csv, heatmap, curves_csv, curves_png]
+    return [mask_file, table_csv, heatmap, curves_csv, curves_png], frozen_by_block(table)

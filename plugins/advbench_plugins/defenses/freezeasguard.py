@@ -136,11 +136,12 @@ class FreezeAsGuard(Defense):
         # Rank by the logits w (m = σ(w/T) saturates to exactly 1.0 in float32, which would tie).
         scores = dict(zip(result.names, result.w))
         mask = top_mask(scores, sizes, self.params.p, self.params.unit)
-        files = fg_artifacts.write_all(ctx.work_dir, mask, result, sizes, {**asdict(self.params), "lambda_illegal":
-                                       lam1, "lambda_legal": lam2})
+        files, by_block = fg_artifacts.write_all(ctx.work_dir, mask, result, sizes,
+                                                 {**asdict(self.params), "lambda_illegal": lam1, "lambda_legal": lam2})
         info = {"defense": "freezeasguard", "p": self.params.p, "unit": self.params.unit,
                 "frozen_tensors": len(mask.frozen_names()), "total_tensors": len(sizes),
                 "frozen_tensor_share": mask.ratio(), "frozen_parameter_share": frozen_parameter_share(mask, sizes),
+                "frozen_by_block": by_block,
                 "lambda_illegal": lam1, "lambda_legal": lam2,
                 "publisher_images": {"illegal": len(illegal), "legal": len(legal)},
                 "theta_ft_cached": cached, "theta_ft_seconds": round(init_seconds, 3),

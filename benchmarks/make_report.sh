@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Regenerate leaderboards/report.html (docs/report.md) from the committed results files.
+#   benchmarks/make_report.sh                       # the default set below
+#   benchmarks/make_report.sh results/a.jsonl ...   # other files (they must be mergeable: docs/definitions.md)
+# The default is every results/*.jsonl except two that cannot or should not join the others:
+# - calibration.jsonl: its undefended LoRA cell on portraits, seed 0, is another configuration than the one of
+#   meta-defenses.jsonl under the same row label, which `advbench report` (like `leaderboard merge`) refuses;
+# - ci.jsonl: the CI regression grid, the same cells as freezeasguard.jsonl under other labels (R-30 = R[p=0.3]),
+#   which would only repeat those rows.
+# Extra options for `advbench report` go in REPORT_ARGS, e.g. REPORT_ARGS="--ratings ratings.csv".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$#" -gt 0 ]; then
+    files=("$@")
+else
+    files=()
+    for f in results/*.jsonl; do
+        case "$(basename "$f")" in
+            calibration.jsonl | ci.jsonl) ;;
+            *) files+=("$f") ;;
+        esac
+    done
+fi
+# shellcheck disable=SC2086  # REPORT_ARGS is split into options on purpose
+advbench report "${files[@]}" -o leaderboards/report.html \
+    --title "advbench: the committed results (tiny world)" ${REPORT_ARGS:-}
