@@ -143,7 +143,9 @@ class Cell:
                         "label": self.defense.display_label()},
             "attack": {"name": self.attack.name, "params": self.attack.resolved_params(),
                        "label": self.attack.display_label()},
-            "domain": {"name": self.domain.name, "params": self.domain.resolved_params()},
+            # "label" only when the spec names the domain, so the ids of unlabelled cells are unchanged
+            "domain": {"name": self.domain.name, "params": self.domain.resolved_params(),
+                       **({"label": self.domain.label} if self.domain.label else {})},
             "model": self.model or f"default:{self.domain.name}",
             "threat_model": self.threat_model,
             "seed": self.seed,
@@ -182,12 +184,13 @@ class Cell:
 
 
 def domain_key(cell: dict[str, Any]) -> str:
-    """The leaderboard's domain column: the domain's name, with its base when it is not the naive one.
+    """The leaderboard's domain column: the domain's label (its name unless the spec gave a ``label``), with its
+    base when it is not the naive one.
 
     A defense on the exposed base is compared with the undefended exposed base only: the two bases are
     different starting points (the exposed one already knows the classes), never mixed in one row.
     """
-    return with_base(cell["domain"]["name"], cell.get("base", "naive"))
+    return with_base(cell["domain"].get("label") or cell["domain"]["name"], cell.get("base", "naive"))
 
 
 def with_base(domain: str, base: str) -> str:

@@ -35,6 +35,11 @@ def signature(record: dict[str, Any]) -> dict[str, Any]:
     that scored one more metric (``--metric``) still compares with one that did not on the metrics both have."""
     prov = record.get("provenance") or {}
     out = {name: read(prov) for name, read in SIGNATURE}
+    # A domain's parameters (class counts, sampling steps, ...) change every number of a cell; two settings of one
+    # domain name need distinct labels (``label`` in a spec's [[domains]]) to share a leaderboard.
+    domain = (record.get("cell") or {}).get("domain") or {}
+    if "params" in domain:
+        out["domain parameters"] = json.dumps(domain["params"], sort_keys=True)
     for metric, fingerprint in sorted((prov.get("metric_fingerprints") or {}).items()):
         out[f"metric '{metric}' weights (fingerprint)"] = json.dumps(fingerprint)
     return out

@@ -189,6 +189,25 @@ def test_regression_check_passes_and_fails(tmp_path):
     assert any("toy | imma vs fullft | compliant: in the baseline but missing" in p for p in problems)
 
 
+def test_any_change_flags_moves_either_way_and_the_primary_metric(tmp_path):
+    df = build_leaderboard(_grid())
+    baseline = tmp_path / "base.csv"
+    saved = df.copy()
+    guard = saved["defense"] == "guard"
+    saved.loc[guard, "mitigation_power_mean"] -= 0.1  # the defense got *better* now: no regression by default
+    none = saved["defense"] == "none"
+    # every number of the undefended row moved by the same factor: its MP and LI stay 0, its metric does not
+    saved.loc[none, "illegal_dist_mean"] *= 1.1
+    to_csv(saved, baseline)
+    assert check_regressions(df, baseline, tolerance=0.05) == []
+    problems = check_regressions(df, baseline, tolerance=0.05, any_change=True)
+    assert len(problems) == 2, problems
+    assert any("guard vs fullft | compliant: mitigation power moved from" in p for p in problems)
+    assert any("none vs fullft | compliant: illegal dist moved from" in p and "of its saved value" in p
+               for p in problems)
+    assert check_regressions(df, baseline, tolerance=0.2, any_change=True) == []  # 10 % and 0.1 are within 0.2
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "not found"),
     ("", "is not a readable CSV"),

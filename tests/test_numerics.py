@@ -67,3 +67,20 @@ def test_run_on_a_finished_cell_says_it_reused_the_record(temp_plugin, tmp_path)
     assert again.exit_code == 0 and "reused that record" in again.stderr and "appended to" not in again.stderr
     lines = (tmp_path / "r.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["provenance"]["domain_version"] is None
+
+
+def test_one_domain_under_two_settings_needs_two_labels(temp_plugin):
+    from advbench.cells import domain_key
+
+    temp_plugin(ToyPlugin(), "toy-plugin")
+    plain = _cell(seed=0).to_json()
+    small = Cell(PluginSpec("defense", "none"), PluginSpec("attack", "fullft", fast_attack_args()),
+                 PluginSpec("domain", "toy", {}, "toy-small")).to_json()
+    assert "label" not in plain["domain"]  # ids recorded before domain labels existed are unchanged
+    assert domain_key(plain) == "toy" and domain_key(small) == "toy-small"
+    assert domain_key({**small, "base": "exposed"}) == "toy-small (exposed)"
+    a = {"cell_id": "a", "cell": {"domain": {"name": "toy", "params": {"n_illegal": 2}}}, "provenance": {}}
+    b = {"cell_id": "b", "cell": {"domain": {"name": "toy", "params": {"n_illegal": 1}}}, "provenance": {}}
+    with pytest.raises(DataError, match="differ in domain parameters: cell a has"):
+        check_comparable([a, b], lambda r: r["cell"]["domain"]["name"])
+    check_comparable([a, b], lambda r: r["cell_id"])  # under two labels they are two domains

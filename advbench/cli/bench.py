@@ -18,6 +18,8 @@ from advbench.errors import UserError
               help="Leaderboard CSV to compare with; exit 1 when a defense regressed.")
 @click.option("--tolerance", type=float, default=0.05, show_default=True,
               help="Allowed absolute drop of mitigation power / rise of legal impact for --check.")
+@click.option("--any-change", is_flag=True,
+              help="With --check: flag moves in either direction, and of the primary metric's values (relative).")
 @click.option("--dry-run", is_flag=True, help="Validate the spec and list the cells without running them.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Stage cache folder (default: $ADVBENCH_CACHE or .advbench_cache).")
@@ -40,7 +42,7 @@ from advbench.errors import UserError
 @click.option("--num-cpus", type=float, default=None, help="CPUs per cell on Ray (default: the spec's [ray], else 1).")
 @click.option("--num-gpus", type=float, default=None, help="GPUs per cell on Ray (default: the spec's [ray], else 0).")
 @metric_option
-def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, matches, executor_name, address,
+def bench(spec_path, results, check_csv, tolerance, any_change, dry_run, shard, threads, matches, executor_name, address,
           num_cpus, num_gpus, metric_args, **execution):
     """Run every cell of a benchmark spec (finished cells are skipped, so a killed run resumes).
 
@@ -122,7 +124,7 @@ def bench(spec_path, results, check_csv, tolerance, dry_run, shard, threads, mat
         records = [r for r in store.records() if r["cell_id"] in wanted]
         if len({r["cell_id"] for r in records}) < len(wanted):
             raise UserError("--check needs every cell of the spec in the results; run the other shards first")
-        if not check_command(records, check_csv, tolerance):
+        if not check_command(records, check_csv, tolerance, any_change=any_change):
             sys.exit(1)
 
 

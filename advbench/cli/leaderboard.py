@@ -32,7 +32,7 @@ def load_records(results: str | Path) -> list[dict[str, Any]]:
 
 
 def check_command(records: list[dict[str, Any]], baseline_csv: str | Path, tolerance: float = 0.05,
-                  echo: Callable[[str], None] | None = None) -> bool:
+                  echo: Callable[[str], None] | None = None, any_change: bool = False) -> bool:
     """Build the leaderboard of ``records``, compare it with ``baseline_csv`` and print the outcome.
 
     Returns True when there is no regression. Messages go to ``echo`` (default: stderr).
@@ -41,7 +41,7 @@ def check_command(records: list[dict[str, Any]], baseline_csv: str | Path, toler
     from advbench.regression import check_regressions
 
     echo = echo or (lambda message: click.echo(message, err=True))
-    problems = check_regressions(build_leaderboard(records), baseline_csv, tolerance)
+    problems = check_regressions(build_leaderboard(records), baseline_csv, tolerance, any_change)
     for problem in problems:
         echo(f"REGRESSION {problem}")
     if problems:
@@ -99,7 +99,9 @@ def leaderboard_group():
               help="Leaderboard CSV to compare with; exit 1 when a defense regressed.")
 @click.option("--tolerance", type=float, default=0.05, show_default=True,
               help="Allowed absolute drop of mitigation power (and MP-AUC) / rise of legal impact for --check.")
-def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, tolerance):
+@click.option("--any-change", is_flag=True,
+              help="With --check: flag moves in either direction, and of the primary metric's values (relative).")
+def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, tolerance, any_change):
     """Print the leaderboard of RESULTS (a results .jsonl): one row per domain, defense, attack and threat model."""
     from advbench.curves import record_curve
     from advbench.leaderboard import build_leaderboard, to_csv, to_markdown, write_leaderboard
@@ -132,7 +134,7 @@ def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, t
             else:
                 click.echo(f"budget plot skipped: fewer than two values of attack parameter '{budget_param}'", err=True)
         click.echo("wrote " + ", ".join(str(p) for p in written), err=True)
-    if check_csv and not check_command(records, check_csv, tolerance):
+    if check_csv and not check_command(records, check_csv, tolerance, any_change=any_change):
         sys.exit(1)
 
 
