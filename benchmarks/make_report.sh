@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Regenerate leaderboards/report.html (docs/report.md) from the committed results files.
+# Regenerate the standard leaderboard (leaderboards/standard.{csv,md}, `advbench leaderboard merge`) and its report
+# (leaderboards/report.html, docs/report.md) from the committed results files: the same files for both, which
+# tests/test_report_browser.py checks (the report's rows are standard.csv's).
 #   benchmarks/make_report.sh                       # the default set below
 #   benchmarks/make_report.sh results/a.jsonl ...   # other files (they must be mergeable: docs/definitions.md)
 # The default is every results/*.jsonl except two that cannot or should not join the others:
 # - calibration.jsonl: its undefended LoRA cell on portraits, seed 0, is another configuration than the one of
 #   meta-defenses.jsonl under the same row label, which `advbench report` (like `leaderboard merge`) refuses;
-# - ci.jsonl: the CI regression grid, the same cells as freezeasguard.jsonl under other labels (R-30 = R[p=0.3]),
+# - ci.jsonl: the former CI grid, the same cells as freezeasguard.jsonl under other labels (R-30 = R[p=0.3]),
 #   which would only repeat those rows.
+# results/regression.jsonl (the CI regression benchmark, domain `portraits-small`) is in: its cells are the only
+# committed ones with thumbnails for every defense, so the report shows each defense's images there.
 # Extra options for `advbench report` go in REPORT_ARGS, e.g. REPORT_ARGS="--ratings ratings.csv".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +25,7 @@ else
         esac
     done
 fi
+advbench leaderboard merge "${files[@]}" --output-dir leaderboards --name standard > /dev/null
 # shellcheck disable=SC2086  # REPORT_ARGS is split into options on purpose
 advbench report "${files[@]}" -o leaderboards/report.html \
     --title "advbench: the committed results (tiny world)" ${REPORT_ARGS:-}

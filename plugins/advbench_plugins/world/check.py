@@ -60,7 +60,6 @@ CHECK_ATTACK = {"lr": 5e-4}
 
 def domain_check(domain: str, seeds: int, n_classes: int, steps: int | None, log: Callable[[str], None]) -> dict:
     """Before/after recognition and primary metric of ``n_classes`` illegal + ``n_classes`` legal classes."""
-    from advbench import plugins
     from advbench.cells import PluginSpec
     from advbench.data import split
     from advbench.interfaces import AttackData, Context, ProtectedModel
