@@ -1,5 +1,6 @@
 """Every committed bench spec parses and validates against the installed plugins."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -121,11 +122,15 @@ def test_a_matched_defense_parameter_takes_the_cells_attack(temp_plugin, tmp_pat
              PluginSpec("domain", "portraits"))
 
 
-def test_a_defense_meets_only_the_attacks_it_names(tmp_path):
+def _portraits_spec(tmp_path, body: str):
+    """A spec file on the portraits domain with ``body`` (its [[defenses]] and [[attacks]])."""
     spec = tmp_path / "pairs.toml"
-    spec.write_text('''
-[[domains]]
-name = "portraits"
+    spec.write_text('[[domains]]\nname = "portraits"\n' + body)
+    return spec
+
+
+def test_a_defense_meets_only_the_attacks_it_names(tmp_path):
+    spec = _portraits_spec(tmp_path, '''
 [[defenses]]
 name = "none"
 [[defenses]]
@@ -150,26 +155,19 @@ name = "no-attack"
     ('"fullft"', "attacks must be a non-empty list"),
 ])
 def test_a_defense_naming_an_unknown_attack_is_refused(tmp_path, attacks, message):
-    spec = tmp_path / "pairs.toml"
-    spec.write_text(f'''
-[[domains]]
-name = "portraits"
+    spec = _portraits_spec(tmp_path, f'''
 [[defenses]]
 name = "random"
 attacks = {attacks}
 [[attacks]]
 name = "fullft"
 ''')
-    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]").replace("?", r"\?")
-                       .replace("(", r"\(")):
+    with pytest.raises(UserError, match=re.escape(message)):
         load_spec(spec)
 
 
 def test_attacks_is_a_defense_key_only(tmp_path):
-    spec = tmp_path / "pairs.toml"
-    spec.write_text('''
-[[domains]]
-name = "portraits"
+    spec = _portraits_spec(tmp_path, '''
 [[defenses]]
 name = "none"
 [[attacks]]
