@@ -74,9 +74,15 @@ def rating_columns(df: pd.DataFrame) -> list[str]:
             if c.endswith("_mean") and ("concept" in c or "quality" in c) and df[c].notna().any()]
 
 
-def table(df: pd.DataFrame) -> dict[str, Any]:
+def added_metrics(records: list[dict[str, Any]]) -> list[str]:
+    """Names of the metrics the records' cells added to their domains' own (``--metric``, a spec's ``metrics``)."""
+    return sorted({m["name"] for r in records for m in r["cell"].get("metrics") or [] if isinstance(m, dict)})
+
+
+def table(df: pd.DataFrame, added: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The leaderboard as the template's table: ``columns`` (label, type ``number``/``text``, legend anchor) and
-    ``rows`` (``key``: the row's KEYS joined by ``|``; ``cells``: text and sort value per column)."""
+    ``rows`` (``key``: the row's KEYS joined by ``|``; ``cells``: text and sort value per column). Each metric in
+    ``added`` (:func:`added_metrics`) gets an illegal and a legal column after the primary metric's."""
     from advbench.report_figures import is_pareto
 
     ratings = rating_columns(df)
@@ -87,6 +93,9 @@ def table(df: pd.DataFrame) -> dict[str, Any]:
                ("rank", "number", "def-rank"), ("pareto", "text", "def-pareto"),
                ("primary metric", "text", "def-primary"), ("illegal", "number", "def-primary"),
                ("legal", "number", "def-primary")]
+    added = [m for m in added if f"illegal_{m}_mean" in df.columns or f"legal_{m}_mean" in df.columns]
+    arrows = {m: {True: " ↑", False: " ↓"}.get(df.attrs.get("higher_is_better", {}).get(m), "") for m in added}
+    columns += [(f"{role} {m}{arrows[m]}", "number", "def-added") for m in added for role in ("illegal", "legal")]
     columns += [(p.replace("_", " "), "number", "def-ratings") for p in ratings]
     columns += [("raters", "number", "def-ratings")] if raters else []
     rows = []
@@ -100,6 +109,7 @@ def table(df: pd.DataFrame) -> dict[str, Any]:
         cells += [{"text": "★" if pareto else "", "sort": "yes" if pareto else "", "std": ""},
                   {"text": primary + arrow, "sort": primary, "std": ""},
                   _pm(row, f"illegal_{primary}"), _pm(row, f"legal_{primary}")]
+        cells += [_pm(row, f"{role}_{m}") for m in added for role in ("illegal", "legal")]
         cells += [_pm(row, p) for p in ratings]
         cells += [_plain(row.get("human_raters"))] if raters else []
         rows.append({"key": "|".join(str(row[k]) for k in KEYS), "cells": cells})
@@ -296,7 +306,7 @@ def render(records: list[dict[str, Any]], df: pd.DataFrame, sources: list[tuple[
     env = jinja2.Environment(loader=jinja2.PackageLoader("advbench", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     return env.get_template("report.html.j2").render(
-        title=title, table=table(df), domains=domains, grid_columns=GRID_COLUMNS, rank_by=rank_by,
+        title=title, table=table(df, added_metrics(records)), domains=domains, grid_columns=GRID_COLUMNS, rank_by=rank_by,
         ratings=bool(rating_columns(df)), definitions=definitions_href, provenance=provenance(sources, records),
         cache=str(cache_dir))
 

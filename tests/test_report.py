@@ -237,6 +237,28 @@ def test_human_ratings_add_columns(tmp_path):
     assert rows["portraits|R-30|fullft|compliant"][headers.index("human illegal concept")].attrs["data-sort"] == ""
 
 
+def test_added_metrics_get_columns(tmp_path):
+    records = load_records(CI)
+    for n, rec in enumerate(records):  # every cell scored one more metric, as `--metric brightness` would add
+        rec["cell"]["metrics"] = [{"name": "brightness", "params": {}}]
+        rec["metrics"]["higher_is_better"]["brightness"] = True
+        for scores in [rec["metrics"], *(rec["metrics"].get("curve") or [])]:  # the final budget and every budget
+            scores["illegal"]["brightness"], scores["legal"]["brightness"] = 0.25 + n, 0.5
+            for entry in scores["classes"].values():
+                entry["values"]["brightness"] = 0.25 + n if entry["role"] == "illegal" else 0.5
+    results = write_jsonl(tmp_path / "added.jsonl", records)
+    table = parse(write_report([results], tmp_path / "report.html")).find_all("table", id="leaderboard-table")[0]
+    headers = [th.all_text().replace("?", "").strip() for th in table.find_all("th")]
+    assert "illegal brightness ↑" in headers and "legal brightness ↑" in headers
+    df = build_standard(load_records(results))
+    rows = {r.attrs["data-key"]: r.find_all("td") for r in table.find_all("tbody")[0].find_all("tr")}
+    for _, row in df.iterrows():
+        cell = rows["|".join(str(row[k]) for k in KEYS)][headers.index("illegal brightness ↑")]
+        assert float(cell.attrs["data-sort"]) == pytest.approx(row["illegal_brightness_mean"])
+    plain = parse(write_report([CI], tmp_path / "plain.html")).find_all("table", id="leaderboard-table")[0]
+    assert not any("brightness" in th.all_text() for th in plain.find_all("th"))
+
+
 def test_pareto_points_are_the_scores_the_table_ranks_by():
     # uce.jsonl ranks fullft and lora (four budgets) by MP-AUC and no-attack (one budget) by final MP;
     # with meta-defenses.jsonl (IMMA) some FreezeAsGuard and random rows fall off the Pareto front.
