@@ -9,7 +9,9 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,9 +66,10 @@ def test_listed_and_every_parameter_documented(name):
     from advbench import plugins
 
     env = {**os.environ, "COLUMNS": "400"}
-    listing = subprocess.run(["advbench", "list"], capture_output=True, text=True, env=env, check=True).stdout
+    advbench = str(Path(sys.executable).with_name("advbench"))  # the console script beside this Python, PATH or not
+    listing = subprocess.run([advbench, "list"], capture_output=True, text=True, env=env, check=True).stdout
     assert f" {name} " in listing
-    shown = subprocess.run(["advbench", "show", "metric", name], capture_output=True, text=True, env=env,
+    shown = subprocess.run([advbench, "show", "metric", name], capture_output=True, text=True, env=env,
                            check=True).stdout
     for field in dataclasses.fields(plugins.get("metric", name).Params):
         assert field.metadata["help"] and field.metadata["help"] in shown, field.name
