@@ -177,10 +177,14 @@ class Cell:
             check_cell(self)
 
     def describe(self) -> str:
-        domain = self.domain.name if self.base == "naive" else f"{self.domain.name} ({self.base} base)"
+        """One line naming the cell (``bench --dry-run`` lists it, ``--match`` searches it): the domain's label,
+        defense and attack labels, threat model and seed, then the precision and added metrics when set."""
+        name = self.domain.label or self.domain.name
+        domain = name if self.base == "naive" else f"{name} ({self.base} base)"
         precision = "" if self.mixed_precision == "no" else f" | {self.mixed_precision}"
+        metrics = f" | +{', '.join(s.display_label() for s in self.metrics)}" if self.metrics else ""
         return (f"{domain} | {self.defense.display_label()} vs {self.attack.display_label()} | "
-                f"{self.threat_model} | seed {self.seed}{precision}")
+                f"{self.threat_model} | seed {self.seed}{precision}{metrics}")
 
 
 def domain_key(cell: dict[str, Any]) -> str:

@@ -79,6 +79,9 @@ def test_one_domain_under_two_settings_needs_two_labels(temp_plugin):
     assert "label" not in plain["domain"]  # ids recorded before domain labels existed are unchanged
     assert domain_key(plain) == "toy" and domain_key(small) == "toy-small"
     assert domain_key({**small, "base": "exposed"}) == "toy-small (exposed)"
+    labelled = Cell(PluginSpec("defense", "none"), PluginSpec("attack", "fullft", fast_attack_args()),
+                    PluginSpec("domain", "toy", {}, "toy-small"))
+    assert labelled.describe().startswith("toy-small | none vs ")  # what `bench --match` searches
     a = {"cell_id": "a", "cell": {"domain": {"name": "toy", "params": {"n_illegal": 2}}}, "provenance": {}}
     b = {"cell_id": "b", "cell": {"domain": {"name": "toy", "params": {"n_illegal": 1}}}, "provenance": {}}
     with pytest.raises(DataError, match="differ in domain parameters: cell a has"):
