@@ -194,6 +194,7 @@ def export_form(records: list[dict[str, Any]], out: str | Path, seed: int = 0, m
     key_path = check_key_free(out, force)
     page, key, skipped = build_form(records, seed, max_per_row)
     key["page"] = out.name
+    out.parent.mkdir(parents=True, exist_ok=True)  # like every other output: a missing folder is made
     atomic_write(key_path, (json.dumps(key, indent=1) + "\n").encode())
     atomic_write(out, page.encode())
     return out, key_path, key, skipped
@@ -307,6 +308,7 @@ def import_answers(paths: list[str | Path], key_path: str | Path, out: str | Pat
         answers.append((rater, ratings))
         summary.append((p, rater, len(ratings), unanswered))
     table = aggregate(key, answers)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(out), table.to_csv(index=False).encode())
     return table, summary
 

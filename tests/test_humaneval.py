@@ -140,6 +140,9 @@ def test_export_cli_skips_records_without_thumbnails(invoke, results, tmp_path):
     none = invoke("humaneval", "export", CI, "-o", tmp_path / "bare.html")
     assert none.exit_code == 2 and none.output.splitlines()[-1].startswith("Error: none of the 9 record(s)")
     assert not (tmp_path / "bare.html").exists() and not (tmp_path / "bare.key.json").exists()
+    nested = invoke("humaneval", "export", results, "-o", tmp_path / "new" / "folder" / "form.html")
+    assert nested.exit_code == 0, nested.output  # a missing output folder is made, as for every other output
+    assert (tmp_path / "new" / "folder" / "form.key.json").is_file()
 
 
 def test_damaged_thumbnails_are_a_one_line_error(records):
