@@ -104,6 +104,18 @@ def thumbnail_items(records: list[dict[str, Any]]) -> tuple[list[Item], list[dic
     return items, skipped
 
 
+def class_references(records: list[dict[str, Any]]) -> dict[str, str]:
+    """``{class: reference strip (base64 PNG)}``: the held-out reference images a rater compares with, one strip
+    per class (that of the lowest cell id that has one, so the files' order does not matter; references depend on
+    the class and the data split, never on the defense). Records written before references were kept have none."""
+    out: dict[str, str] = {}
+    for rec in sorted(records, key=lambda r: r["cell_id"]):
+        for cls, entry in ((rec.get("thumbnails") or {}).get("classes") or {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("reference"), str) and entry["reference"]:
+                out.setdefault(cls, entry["reference"])
+    return out
+
+
 def choose_items(items: list[Item], seed: int = 0, max_per_row: int | None = None) -> list[Item]:
     """The images of the form in their order: at most ``max_per_row`` drawn per (row, role), then all shuffled.
 
@@ -145,17 +157,21 @@ def build_form(records: list[dict[str, Any]], seed: int = 0, max_per_row: int | 
     """``(page HTML, key, skipped records)`` for the thumbnails of ``records``; a DataError when none has any."""
     import jinja2
 
+    from advbench.thumbnails import decode_strip
+
     items, skipped = thumbnail_items(records)
     if not items:
         raise DataError(f"none of the {len(records)} record(s) carries thumbnails (records written before thumbnails "
                         "existed have none): run the cells again with this advbench to rate their images")
     chosen = choose_items(items, seed, max_per_row)
+    references = {cls: _png_data_uri(decode_strip(b64)) for cls, b64 in class_references(records).items()}
     secret = secrets.token_bytes(16)
     form_id = "f" + secrets.token_hex(6)
     entries, images = [], {}
     for it in chosen:
         image_id = _image_id(secret, it)
-        entries.append({"id": image_id, "src": _png_data_uri(it.image), "concept": it.prompt})
+        entries.append({"id": image_id, "src": _png_data_uri(it.image), "concept": it.prompt,
+                        "reference": references.get(it.cls)})
         images[image_id] = {**dict(zip(KEYS, it.key)), "role": it.role, "class": it.cls, "cell_id": it.cell_id,
                             "seed": it.seed, "index": it.index, "prompt": it.prompt}
     env = jinja2.Environment(loader=jinja2.PackageLoader("advbench", "templates"), autoescape=True,

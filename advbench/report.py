@@ -151,6 +151,16 @@ def _cell_image(record: dict[str, Any] | None, cls: str, slot: str, missing: str
     return (src, None) if src else (None, "unreadable thumbnail (not a base64 PNG)")
 
 
+def _reference(record: dict[str, Any], base: dict[str, Any] | None, cls: str) -> str | None:
+    """The class's held-out reference strip as a data URI, from the defended record or else its baseline (records
+    written before references were kept have none)."""
+    for rec in (record, base):
+        entry = ((rec or {}).get("thumbnails") or {}).get("classes", {}).get(cls)
+        if isinstance(entry, dict) and (src := _png(entry.get("reference"))):
+            return src
+    return None
+
+
 def _classes(record: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(class, role, prompt) of a record, illegal classes first, each role in the record's order."""
     thumbs = (record.get("thumbnails") or {}).get("classes") or {}
@@ -185,7 +195,7 @@ def thumbnail_grids(records: list[dict[str, Any]], df: pd.DataFrame) -> dict[str
             out[key[0]]["missing"].append(title)
             continue
         no_base = f"no undefended ({BASELINE}) cell with seed {seed} in the results"
-        rows = [{"cls": cls, "role": role, "prompt": prompt,
+        rows = [{"cls": cls, "role": role, "prompt": prompt, "reference": _reference(record, base, cls),
                  "cells": [_cell(record, cls, "before", ""), _cell(record, cls, "after", ""),
                            _cell(base, cls, "after", no_base)]} for cls, role, prompt in _classes(record)]
         out[key[0]]["grids"].append({"title": title, "rows": rows})

@@ -140,8 +140,9 @@ def _check_thumbnails(thumbs: Any, classes: dict[str, Any]) -> None:
                  f"{where}.role must be the class's role in metrics.classes")
         _require(isinstance(entry.get("prompt"), str), f"{where}.prompt must be a string")
         _require(isinstance(entry.get("after"), str) and entry["after"], f"{where}.after must be a base64 PNG")
-        _require(entry.get("before") is None or (isinstance(entry["before"], str) and entry["before"]),
-                 f"{where}.before must be a base64 PNG or null")
+        for slot in ("before", "reference"):  # reference: absent in records written before it existed
+            _require(entry.get(slot) is None or (isinstance(entry[slot], str) and entry[slot]),
+                     f"{where}.{slot} must be a base64 PNG or null")
 
 
 def validate_record(rec: Any) -> None:

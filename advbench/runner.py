@@ -30,7 +30,7 @@ from advbench.profiling import measure
 from advbench.provenance import provenance
 from advbench.results import ResultStore, build_record, cell_id
 from advbench.staleness import build_metric, check_not_stale, encoder_provenance, model_fingerprint
-from advbench.thumbnails import class_thumbnails, record_thumbnails
+from advbench.thumbnails import PER_STRIP, class_thumbnails, record_thumbnails
 from advbench.validation import added_metrics
 
 # Bump a stage's version when its output format or semantics change, so old cache entries are not reused.
@@ -313,7 +313,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
         for budget, adapt_dir, adapt_key in adapt_stage(run, protected, protect_key, role, cls):
             gen_dir, gen_key = generate_stage(run, adapt_dir / "model", {"adapt": adapt_key}, cls, budget)
             curve[budget][cls] = {"role": role, "values": score_stage(run, gen_dir, gen_key, cls, budget)}
-        thumbnails[cls] = _class_thumbnails(role, gen_dir, start_dir)
+        thumbnails[cls] = _class_thumbnails(run, role, cls, gen_dir, start_dir)
     record = build_record(
         run.json, list(curve.items()), run.domain.primary_metric,
         {n: bool(m.higher_is_better) for n, m in run.metrics.items()}, _anytime_facts(run), before or None,
@@ -329,12 +329,16 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
     return record
 
 
-def _class_thumbnails(role: str, final_dir: Path, start_dir: Path | None) -> dict[str, Any]:
-    """A class's thumbnail strips (:mod:`advbench.thumbnails`), read from its generate stages: at the final budget
-    and, for a curve, before any attack. Outputs only: they join no stage key and no cell id."""
+def _class_thumbnails(run: _CellRun, role: str, cls: str, final_dir: Path, start_dir: Path | None) -> dict[str, Any]:
+    """A class's thumbnail strips (:mod:`advbench.thumbnails`), read from its generate stages (at the final budget
+    and, for a curve, before any attack), and its held-out references at the model's resolution. Outputs only:
+    they join no stage key and no cell id."""
+    from advbench.data import examples_to_array
+
     images, prompts = _load_images(final_dir)
     start = _load_images(start_dir)[0] if start_dir is not None else None
-    return class_thumbnails(role, prompts[0], images, start)
+    references = examples_to_array(run.data.reference[cls][:PER_STRIP], run.base.resolution)
+    return class_thumbnails(role, prompts[0], images, start, reference=references)
 
 
 def _anytime_facts(run: _CellRun) -> dict[str, Any]:

@@ -79,12 +79,16 @@ def split_strip(b64: str, count: int) -> list[np.ndarray]:
 
 
 def class_thumbnails(role: str, prompt: str, after: np.ndarray, before: np.ndarray | None = None,
-                     per_strip: int = PER_STRIP, max_side: int = MAX_SIDE) -> dict[str, Any]:
-    """One class's entry of a record's ``thumbnails.classes``: images at the final budget (``after``) and of
-    the protected model before any attack (``before``, None when the cell did not generate them)."""
+                     per_strip: int = PER_STRIP, max_side: int = MAX_SIDE,
+                     reference: np.ndarray | None = None) -> dict[str, Any]:
+    """One class's entry of a record's ``thumbnails.classes``: images at the final budget (``after``), of the
+    protected model before any attack (``before``, None when the cell did not generate them) and the class's
+    held-out reference images (``reference``: what the class really looks like, the yardstick a reader and a
+    rater need for an identity or a style they do not know; None when not given)."""
     return {"role": role, "prompt": prompt,
             "before": None if before is None else encode_strip(before, per_strip, max_side),
-            "after": encode_strip(after, per_strip, max_side)}
+            "after": encode_strip(after, per_strip, max_side),
+            "reference": None if reference is None else encode_strip(reference, per_strip, max_side)}
 
 
 def record_thumbnails(classes: dict[str, dict[str, Any]], per_strip: int = PER_STRIP,

@@ -51,7 +51,8 @@ def _with_thumbnails(record: dict) -> dict:
     rec = json.loads(json.dumps(record))
     rec["thumbnails"] = {"max_side": 64, "per_strip": 4, "classes": {
         cls: {"role": classes[cls]["role"], "prompt": f"a photo of {cls}", "before": None,
-              "after": _strip(record["cell_id"], cls, 3 if cls == names[-1] else 4)} for cls in names}}
+              "after": _strip(record["cell_id"], cls, 3 if cls == names[-1] else 4),
+              "reference": _strip("reference", cls, 2)} for cls in names}}
     return rec
 
 
@@ -116,6 +117,25 @@ def test_page_is_blind_and_its_images_match_the_key(records, tmp_path):
         assert tuple(entry[k] for k in KEYS) == _key(rec) and entry["seed"] == rec["cell"]["seed"]
         assert entry["role"] == rec["metrics"]["classes"][entry["class"]]["role"]
         assert f"“a photo of {entry['class']}”?" in page
+
+
+def test_each_image_shows_its_class_references(records, tmp_path):
+    page_path, _, key, _ = export_form(records, tmp_path / "form.html", seed=3)
+    sections = re.findall(r'data-image="(\w+)">(.*?)</section>', page_path.read_text(), flags=re.S)
+    assert [i for i, _ in sections] == key["order"]
+    for image_id, section in sections:
+        cls = key["images"][image_id]["class"]
+        found = re.findall(r'<div class="reference"><img src="data:image/png;base64,([^"]+)"', section)
+        assert len(found) == 1, section
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(found[0]))).convert("RGB"))
+        assert pixels.shape == (SIDE, 2 * SIDE, 3)
+        assert (pixels[:, :SIDE] == _colour("reference", cls, 0)).all()
+        assert (pixels[:, SIDE:] == _colour("reference", cls, 1)).all()
+    old = [{**r, "thumbnails": {**r["thumbnails"], "classes": {c: {k: v for k, v in e.items() if k != "reference"}
+                                                              for c, e in r["thumbnails"]["classes"].items()}}}
+           for r in records]  # written before references were kept: no reference block, no error
+    page = export_form(old, tmp_path / "old.html", seed=3)[0].read_text()
+    assert 'class="reference"' not in page
 
 
 def test_max_per_row_draws_at_most_k_per_row_and_role(records):

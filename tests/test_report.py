@@ -23,7 +23,7 @@ from advbench.cli.leaderboard import load_records
 from advbench.leaderboard import KEYS, _key
 from advbench.report import NO_THUMBNAILS, block_fractions, write_report
 from advbench.standard import build_standard, merge_records
-from advbench.thumbnails import class_thumbnails, record_thumbnails
+from advbench.thumbnails import class_thumbnails, encode_strip, record_thumbnails
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "results" / "ci.jsonl"
@@ -167,6 +167,25 @@ def test_thumbnails_fill_the_grid_from_the_lowest_common_seed(tmp_path):
             assert cell_srcs(row) == [data_uri(defended["thumbnails"]["classes"][name]["before"]),
                                       data_uri(defended["thumbnails"]["classes"][name]["after"]),
                                       data_uri(base["thumbnails"]["classes"][name]["after"])]
+
+
+def test_grid_rows_show_the_class_references(tmp_path):
+    records = [with_thumbnails(r) for r in load_records(CI)]
+    for rec in records:  # the defended records keep references; the undefended ones predate them
+        for cls, entry in rec["thumbnails"]["classes"].items():
+            if rec["cell"]["defense"]["name"] != "none":
+                entry["reference"] = encode_strip(strip_for("reference", cls))
+            else:
+                entry.pop("reference", None)
+    found = grids(parse(write_report([write_jsonl(tmp_path / "r.jsonl", records)], tmp_path / "report.html")))
+    assert found
+    for title, rows in found.items():
+        for row in rows:
+            cls = row.find_all("th")[0].all_text().split("(")[0].strip()
+            refs = [img.attrs["src"] for img in row.find_all("th")[0].find_all("img")]
+            assert refs == [data_uri(encode_strip(strip_for("reference", cls)))], (title, cls)
+    bare = grids(parse(write_report([thumbnail_results(tmp_path)], tmp_path / "bare.html")))
+    assert all(not row.find_all("th")[0].find_all("img") for rows in bare.values() for row in rows)
 
 
 def test_grid_cells_without_thumbnails_get_a_note(tmp_path):

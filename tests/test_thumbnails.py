@@ -70,12 +70,18 @@ def test_record_shape_is_validated_and_optional():
     record = _record(good)
     assert record["thumbnails"]["per_strip"] == 4 and record["thumbnails"]["classes"]["a"]["before"] is None
     assert "thumbnails" not in _record(None)  # older records have none, and stay valid
+    assert record["thumbnails"]["classes"]["a"]["reference"] is None
+    old = {**good, "classes": {c: {k: v for k, v in e.items() if k != "reference"} for c, e in good["classes"].items()}}
+    validate_record({**record, "thumbnails": old})  # written before references were kept
+    with_ref = class_thumbnails("illegal", "a photo", images, reference=_images(2, 8, 8))
+    assert decode_strip(with_ref["reference"]).shape == (8, 16, 3)
     for broken, message in [
         ({**good, "max_side": 0}, "thumbnails.max_side"),
         ({**good, "classes": {"zzz": good["classes"]["a"]}}, "not a class"),
         ({**good, "classes": {"a": {**good["classes"]["a"], "role": "legal"}}}, "role"),
         ({**good, "classes": {"a": {**good["classes"]["a"], "after": None}}}, "after must be a base64 PNG"),
         ({**good, "classes": {"a": {**good["classes"]["a"], "before": 3}}}, "before must be"),
+        ({**good, "classes": {"a": {**good["classes"]["a"], "reference": ""}}}, "reference must be"),
     ]:
         with pytest.raises(ValueError, match=message):
             validate_record({**record, "thumbnails": broken})
@@ -85,7 +91,9 @@ def test_a_tiny_world_cell_records_every_class(tmp_path):
     """The record carries strips of each class's generated images: `after` always (the final budget's images,
     4 wide), `before` exactly when the cell scores more than one budget; the ids and stage keys do not change."""
     from advbench.cells import Cell, PluginSpec
-    from advbench.runner import RunOptions, _load_images, run_cell
+    from advbench.cache import StageCache
+    from advbench.data import examples_to_array
+    from advbench.runner import RunOptions, _CellRun, _load_images, run_cell
 
     domain = {"n_illegal": 1, "n_legal": 1, "steps": 2, "images_per_prompt": 2}  # 2 prompts x 2 = 4 images
 
@@ -110,6 +118,10 @@ def test_a_tiny_world_cell_records_every_class(tmp_path):
             assert np.array_equal(strip, np.concatenate(list(final), axis=1))  # 32 px: kept pixel for pixel
             assert entry["prompt"] == prompts[cls][0] and cls in entry["prompt"]  # its first evaluation prompt
             assert (entry["before"] is not None) == has_before
+            # the class's held-out references (the run's own data split), what a reader compares the images with
+            run = _CellRun(cell((2,)), options, StageCache(tmp_path / "cache"))
+            references = examples_to_array(run.data.reference[cls][:4], 32)
+            assert np.array_equal(decode_strip(entry["reference"]), np.concatenate(list(references), axis=1))
             if has_before:
                 start = _load_images(tmp_path / "cache" / "generate" / generate[(cls, 0)])[0]
                 assert np.array_equal(decode_strip(entry["before"]), np.concatenate(list(start[:4]), axis=1))
