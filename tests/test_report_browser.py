@@ -122,13 +122,17 @@ def test_report_in_a_browser(driver, report, tmp_path):
 
 
 def _tour(driver, out: Path) -> None:
-    """One picture of the page a reader scrolls through: the top of the table, the first domain with image grids
-    (its plots) and the start of its grids, each cut where the next begins, stitched top to bottom at 3/4 size."""
+    """One picture of the page a reader scrolls through: the top of the table, the domain of the first image grid
+    without a gap (its plots) and that grid onwards, each cut where the next begins, stitched at 3/4 size."""
     from PIL import Image
 
     tops = driver.execute_script("""
         const y = e => Math.round(e.getBoundingClientRect().top + window.scrollY) - 8;
-        const grid = document.querySelector('table.grid');
+        // the first grid without a gap (an image in every cell), else the one with most images
+        const grids = Array.from(document.querySelectorAll('table.grid'));
+        const full = g => g.querySelectorAll('td').length === g.querySelectorAll('td img').length;
+        const grid = grids.find(full) || grids.reduce((best, g) =>
+            g.querySelectorAll('td img').length > best.querySelectorAll('td img').length ? g : best);
         const heading = Array.from(document.querySelectorAll('h2')).filter(h => y(h) < y(grid)).pop();
         return [0, y(heading), y(grid.previousElementSibling)];""")
     pieces = []
