@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from advbench.errors import ConstraintError, DataError, ParamError
-from advbench.interfaces import Context, Example
+from advbench.interfaces import BudgetReached, Context, Example
 from advbench.model import Model
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -460,6 +460,8 @@ def _loop(run: _Run, start: int, loss_fn, callback, export):
                 with torch.no_grad():
                     snapshot = export(trainer.model) if export is not None else trainer.model.clone()
                 ctx.anytime.save(step + 1, snapshot, run.state(step + 1))
+                if ctx.anytime.stop_after == step + 1:
+                    raise BudgetReached(step + 1)
             if stop:
                 break
         seconds = time.perf_counter() - began

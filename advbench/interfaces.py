@@ -160,6 +160,12 @@ class Anytime:
     budgets: tuple[int, ...]
     save: Any  # Callable[[int, Model, dict[str, Any]], None]
     resume: dict[str, Any] | None = None
+    stop_after: int | None = None  # one of ``budgets``: raise BudgetReached once its snapshot is saved
+
+
+class BudgetReached(Exception):
+    """Raised by the fine-tuning engine right after saving the snapshot of ``Anytime.stop_after``: the attack
+    stops there (one rung of a successive-halving search) and a later run continues from that saved state."""
 
 
 @dataclass

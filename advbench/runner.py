@@ -11,6 +11,7 @@ the class is finished, so a run killed between two budgets continues from the la
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
@@ -24,7 +25,7 @@ import numpy as np
 
 from advbench.cache import StageCache, stable_hash
 from advbench.cells import Cell
-from advbench.interfaces import Anytime, AttackData, Context, Example, ProtectedModel, PublisherData
+from advbench.interfaces import Anytime, AttackData, BudgetReached, Context, Example, ProtectedModel, PublisherData
 from advbench.numerics import device_type
 from advbench.profiling import measure
 from advbench.provenance import provenance
@@ -174,11 +175,14 @@ def protect_stage(run: _CellRun) -> tuple[ProtectedModel, str]:
     return protected, key
 
 
-def adapt_stage(run: _CellRun, protected: ProtectedModel, protect_key: str, role: str, cls: str
-                ) -> list[tuple[int | None, Path, str]]:
+def adapt_stage(run: _CellRun, protected: ProtectedModel, protect_key: str, role: str, cls: str,
+                stop_after: int | None = None) -> list[tuple[int | None, Path, str]]:
     """``[(budget, folder, key)]``: the adapted model of ``cls`` at every budget, from one attack run.
 
     The last budget's key is the key a one-budget cell of the same attack has, so the two share that stage.
+    With ``stop_after`` (one of the cell's budgets) the attack runs only that far (or on from the last kept
+    training state to there) and the budgets up to it are returned; the training states are kept, so a later
+    call with a larger ``stop_after`` trains only the steps after it (a rung of successive halving).
     """
     from advbench.model import Model
 
@@ -187,6 +191,10 @@ def adapt_stage(run: _CellRun, protected: ProtectedModel, protect_key: str, role
              "data": examples_hash(run.data.attacker[cls])}
     budgets = list(run.budgets or [None])
     final = budgets[-1]
+    if stop_after is not None and stop_after not in budgets:
+        raise ValueError(f"stop_after={stop_after} is not one of the cell's budgets {budgets}")
+    partial = stop_after is not None and stop_after != final
+    shown = [b for b in budgets if b <= stop_after] if partial else budgets
     keys = {b: run.key("adapt", parts if b == final else {**parts, "budget": b}) for b in budgets}
     todo = [b for b in budgets if not run.cache.has("adapt", keys[b])]
     data = AttackData(cls, run.data.attacker[cls], role, run.domain.class_noun(cls))
@@ -209,7 +217,8 @@ def adapt_stage(run: _CellRun, protected: ProtectedModel, protect_key: str, role
     def train(folder: Path, keep: bool = True) -> None:
         resume = _resume_state(run, keys, budgets, todo)
         clock["resumed_from"] = resume["step"] if resume else None
-        anytime = Anytime(tuple(b for b in todo if b != final), save, resume) if run.budgets else None
+        anytime = (Anytime(tuple(b for b in todo if b != final), save, resume, stop_after if partial else None)
+                   if run.budgets else None)
         ctx = run.context(folder / "artifacts", anytime=anytime)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         adapted = run.attack.adapt(protected, data, ctx)
@@ -219,18 +228,22 @@ def adapt_stage(run: _CellRun, protected: ProtectedModel, protect_key: str, role
             entries[final] = {"seconds": time.perf_counter() - clock["last"], "cached": False}
 
     with measure(run.options.device) as m:
-        if final in todo:
+        if partial:
+            if stop_after in todo:  # train to stop_after only; the engine raises BudgetReached once it is saved
+                with tempfile.TemporaryDirectory() as scratch, contextlib.suppress(BudgetReached):
+                    train(Path(scratch), keep=False)
+        elif final in todo:
             run.cache.get_or_build("adapt", keys[final], train)
         elif todo:  # only an earlier budget is missing: run the attack again for its snapshots
             with tempfile.TemporaryDirectory() as scratch:
                 train(Path(scratch), keep=False)
-    for b in budgets:
+    for b in shown:
         entry = entries.get(b, {"seconds": 0.0, "cached": True})
         run.log_stage("adapt", cls, b, keys[b], entry["seconds"], m.peak_memory_mb, entry["cached"],
                       **({"resumed_from": clock["resumed_from"]} if clock["resumed_from"] else {}))
-    for b in budgets:  # the class is finished: the training states were only needed to resume it
+    for b in budgets if not partial else []:  # the class is finished: the states were only needed to resume it
         (run.cache.path("adapt", keys[b]) / TRAIN_STATE).unlink(missing_ok=True)
-    return [(b, run.cache.path("adapt", keys[b]), keys[b]) for b in budgets]
+    return [(b, run.cache.path("adapt", keys[b]), keys[b]) for b in shown]
 
 
 def _resume_state(run: _CellRun, keys: dict, budgets: list, todo: list) -> dict[str, Any] | None:

@@ -1,0 +1,93 @@
+"""Successive halving over attacker configurations: the search behind the worst-case adversary (issue 21).
+
+Groundwork, not yet reachable from the CLI: the adversary suites, the selection/reporting seed split and the
+worst-case leaderboard columns that will use it are still to be built (docs/architecture.md).
+
+A search gives every candidate the first budget, keeps the stronger half (by the domain's primary metric on the
+illegal classes: the better forgery), gives the survivors the next budget, and so on (Jamieson & Talwalkar 2016,
+the inner loop of Hyperband). :func:`rung_scores` is one candidate at one rung: it trains the attack only up to
+that budget, and a later rung continues from the training state the engine kept there, so no optimizer step is
+ever trained twice (``adapt_stage(..., stop_after=...)`` and ``BudgetReached`` in the engine). The candidate
+that wins the last rung has its whole curve in the stage cache; ``run_cell`` on it then only scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Rung:
+    """One rung: its budget and the score of every candidate that reached it (in the candidates' order)."""
+
+    budget: int
+    scores: dict[str, float]
+    kept: list[str]
+
+
+@dataclass
+class Halving:
+    """A finished search: the rungs in order and the winner (the strongest candidate of the last rung)."""
+
+    rungs: list[Rung] = field(default_factory=list)
+
+    @property
+    def winner(self) -> str:
+        return self.rungs[-1].kept[0]
+
+
+def successive_halving(candidates: Sequence[str], budgets: Sequence[int], score: Callable[[str, int], float],
+                       higher_is_stronger: bool, keep: float = 0.5) -> Halving:
+    """Run the search: ``score(candidate, budget)`` is the attacker's forgery quality at that budget.
+
+    At each budget but the last, the ``ceil(keep * n)`` strongest of the ``n`` candidates still in go on; at the
+    last, the strongest one wins. Ties go to the candidate listed first, so the search is deterministic. A NaN
+    score is weakest (an attack that diverged is no threat). Each candidate is scored at most once per budget.
+    """
+    names = list(candidates)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"candidates must be distinct and non-empty, got {names}")
+    budgets = list(budgets)
+    if not budgets or any(b <= 0 for b in budgets) or budgets != sorted(set(budgets)):
+        raise ValueError(f"budgets must be strictly increasing positive numbers, got {budgets}")
+    if not 0 < keep < 1:
+        raise ValueError(f"keep must be a fraction between 0 and 1, got {keep}")
+    order = {name: i for i, name in enumerate(names)}
+
+    def strength(name: str, scores: dict[str, float]) -> tuple[float, int]:
+        value = scores[name]
+        rank = -math.inf if math.isnan(value) else (value if higher_is_stronger else -value)
+        return -rank, order[name]  # sorted ascending: strongest first, then the first listed
+
+    result, alive = Halving(), names
+    for i, budget in enumerate(budgets):
+        scores = {name: float(score(name, budget)) for name in alive}
+        ranked = sorted(alive, key=lambda n: strength(n, scores))
+        last = i == len(budgets) - 1
+        alive = ranked[:1] if last else ranked[:max(1, math.ceil(keep * len(ranked)))]
+        result.rungs.append(Rung(budget, scores, alive))
+    return result
+
+
+def rung_scores(cell: Any, budget: int, options: Any = None) -> dict[str, dict[str, float]]:
+    """``{class: metric values}`` of the cell's illegal classes with the attack stopped at ``budget`` (one of the
+    cell's budgets), continuing from the state an earlier rung left; stages go to the options' cache as usual."""
+    from advbench.cache import StageCache
+    from advbench.runner import RunOptions, _CellRun, adapt_stage, generate_stage, protect_stage, score_stage
+
+    options = options or RunOptions()
+    cell.validate()
+    run = _CellRun(cell, options, StageCache(options.cache_dir, enabled=options.use_cache))
+    run.prepare_base()
+    protected, protect_key = protect_stage(run)
+    out = {}
+    for role, cls in run.classes():
+        if role != "illegal":
+            continue
+        *_, (reached, adapt_dir, adapt_key) = adapt_stage(run, protected, protect_key, role, cls, stop_after=budget)
+        gen_dir, gen_key = generate_stage(run, adapt_dir / "model", {"adapt": adapt_key}, cls, reached)
+        out[cls] = score_stage(run, gen_dir, gen_key, cls, reached)
+    return out

@@ -1,0 +1,102 @@
+"""Successive halving (issue 21 groundwork): the strongest candidate survives every rung, ties are deterministic,
+and a rung continues the attack from the previous rung's state, so no optimizer step is trained twice."""
+
+import math
+
+import pytest
+
+from advbench.cells import Cell, PluginSpec
+from advbench.halving import rung_scores, successive_halving
+from advbench.runner import RunOptions, run_cell
+from tests.toyworld import ToyPlugin
+
+# Eight synthetic adversaries with known curves: identity distance (lower = stronger) against the budget.
+CURVES = {
+    "slow-but-best": lambda b: 1.0 / b,          # 0.25 at 4 ... 0.0625 at 16
+    "fast-plateau": lambda b: 0.2 + 0.01 * b,    # strongest at the first rung, then overtaken
+    "steady": lambda b: 2.0 / b,
+    "weak": lambda b: 0.9,
+    "diverges": lambda b: math.nan,
+    "weak-twin": lambda b: 0.9,
+    "medium": lambda b: 0.5,
+    "late": lambda b: 0.6 - 0.03 * b,
+}
+
+
+def test_the_strongest_survives_every_rung_and_nothing_is_scored_twice():
+    calls = []
+
+    def score(name, budget):
+        calls.append((name, budget))
+        return CURVES[name](budget)
+
+    result = successive_halving(list(CURVES), [4, 8, 16], score, higher_is_stronger=False)
+    assert [r.budget for r in result.rungs] == [4, 8, 16]
+    for rung in result.rungs:
+        finite = {n: v for n, v in rung.scores.items() if not math.isnan(v)}
+        best = min(finite.values())
+        assert finite[rung.kept[0]] == best  # the strongest at every rung is kept, first
+        assert all(finite.get(n, math.inf) >= best for n in rung.scores)
+    assert [len(r.scores) for r in result.rungs] == [8, 4, 2]
+    assert result.rungs[0].kept == ["fast-plateau", "slow-but-best", "late", "steady"]
+    assert result.winner == "slow-but-best"  # 1/16 beats every other curve at the last budget
+    assert len(calls) == len(set(calls)) == 14
+    assert "diverges" not in result.rungs[0].kept  # NaN is the weakest score
+
+
+def test_ties_go_to_the_first_listed_and_the_search_is_deterministic():
+    flat = {name: (lambda b: 0.5) for name in ("c", "a", "b", "d")}
+    result = successive_halving(list(flat), [1, 2], lambda n, b: flat[n](b), higher_is_stronger=True)
+    assert result.rungs[0].kept == ["c", "a"] and result.winner == "c"
+    again = successive_halving(list(flat), [1, 2], lambda n, b: flat[n](b), higher_is_stronger=True)
+    assert again.rungs == result.rungs
+
+
+@pytest.mark.parametrize("candidates, budgets, keep, message", [
+    ([], [1], 0.5, "distinct and non-empty"),
+    (["a", "a"], [1], 0.5, "distinct and non-empty"),
+    (["a"], [2, 1], 0.5, "strictly increasing"),
+    (["a"], [0, 1], 0.5, "strictly increasing"),
+    (["a"], [1], 1.0, "keep must be a fraction"),
+])
+def test_bad_searches_are_refused(candidates, budgets, keep, message):
+    with pytest.raises(ValueError, match=message):
+        successive_halving(candidates, budgets, lambda n, b: 0.0, True, keep)
+
+
+def _cell(budgets=(1, 2, 4)):
+    return Cell(PluginSpec("defense", "none"), PluginSpec("attack", "fullft", {"batch_size": 2}),
+                PluginSpec("domain", "toy"), budgets=budgets)
+
+
+def test_rungs_continue_the_attack_and_the_full_cell_trains_only_the_rest(temp_plugin, tmp_path, monkeypatch):
+    import advbench.finetune as ft
+
+    temp_plugin(ToyPlugin(), "toy-plugin")
+    steps = []
+    real_step = ft.Trainer.step
+    monkeypatch.setattr(ft.Trainer, "step", lambda self, *a, **kw: steps.append(a[-1]) or real_step(self, *a, **kw))
+    options = RunOptions(cache_dir=tmp_path / "rungs", progress=False)
+    first = rung_scores(_cell(), 1, options)
+    illegal = sorted(first)
+    assert steps == [0] * len(illegal)  # one step per illegal class, then stopped
+    second = rung_scores(_cell(), 2, options)
+    assert steps[len(illegal):] == [1] * len(illegal)  # on from step 1: step 0 is not trained again
+    assert rung_scores(_cell(), 2, options) == second and len(steps) == 2 * len(illegal)  # cached
+    record = run_cell(_cell(), None, options)
+    legal = [c for c, v in record["metrics"]["classes"].items() if v["role"] == "legal"]
+    # every class trained each of its 4 steps exactly once: the illegal ones went on from the rungs' step 2
+    assert sorted(steps) == sorted([0, 1, 2, 3] * (len(illegal) + len(legal)))
+    # the rungs' numbers are the cell's own at those budgets: stopping and continuing changes nothing
+    fresh = run_cell(_cell(), None, RunOptions(cache_dir=tmp_path / "fresh", progress=False))
+    assert record["metrics"]["classes"] == fresh["metrics"]["classes"]
+    curve = {p["budget"]: p["classes"] for p in fresh["metrics"]["curve"]}
+    assert {c: curve[1][c]["values"] for c in illegal} == first
+    assert {c: curve[2][c]["values"] for c in illegal} == second
+    assert not list((tmp_path / "rungs" / "adapt").glob("*/train_state.pt"))  # the finished cell cleaned up
+
+
+def test_stop_after_must_be_a_budget_of_the_cell(temp_plugin, tmp_path):
+    temp_plugin(ToyPlugin(), "toy-plugin")
+    with pytest.raises(ValueError, match="stop_after=3 is not one of the cell's budgets"):
+        rung_scores(_cell(), 3, RunOptions(cache_dir=tmp_path, progress=False))
