@@ -72,9 +72,28 @@ def successive_halving(candidates: Sequence[str], budgets: Sequence[int], score:
     return result
 
 
-def rung_scores(cell: Any, budget: int, options: Any = None) -> dict[str, dict[str, float]]:
-    """``{class: metric values}`` of the cell's illegal classes with the attack stopped at ``budget`` (one of the
-    cell's budgets), continuing from the state an earlier rung left; stages go to the options' cache as usual."""
+#: Seeds of the search's cells start here; the seeds that are reported stay below it, so the adversary is
+#: chosen on other training and sampling noise than the numbers published for it (no winner's curse).
+SELECTION_SEED = 10_000
+
+
+@dataclass
+class RungScore:
+    """One cell at one rung: ``values`` per illegal class, and the domain's primary metric and its direction."""
+
+    values: dict[str, dict[str, float]]
+    primary: str
+    higher_is_better: bool
+
+    @property
+    def illegal(self) -> float:
+        """The primary metric's mean over the illegal classes: the forgery quality the search ranks by."""
+        return float(sum(v[self.primary] for v in self.values.values()) / len(self.values))
+
+
+def rung_scores(cell: Any, budget: int, options: Any = None) -> RungScore:
+    """The cell's illegal classes with the attack stopped at ``budget`` (one of the cell's budgets), continuing
+    from the state an earlier rung left, generated and scored there; stages go to the options' cache as usual."""
     from advbench.cache import StageCache
     from advbench.runner import RunOptions, _CellRun, adapt_stage, generate_stage, protect_stage, score_stage
 
@@ -90,4 +109,25 @@ def rung_scores(cell: Any, budget: int, options: Any = None) -> dict[str, dict[s
         *_, (reached, adapt_dir, adapt_key) = adapt_stage(run, protected, protect_key, role, cls, stop_after=budget)
         gen_dir, gen_key = generate_stage(run, adapt_dir / "model", {"adapt": adapt_key}, cls, reached)
         out[cls] = score_stage(run, gen_dir, gen_key, cls, reached)
-    return out
+    primary = run.domain.primary_metric
+    return RungScore(out, primary, bool(run.metrics[primary].higher_is_better))
+
+
+def worst_case_search(defense: Any, domain: Any, suite: Any, options: Any = None, seed: int = SELECTION_SEED,
+                      keep: float = 0.5, base: str = "naive") -> tuple[Halving, dict[str, Any]]:
+    """Successive halving of ``suite``'s adversaries (:mod:`advbench.adversaries`) against ``defense`` on
+    ``domain`` with selection seed ``seed``: ``(the search, {adversary id: its cell})``. The strongest adversary
+    is the one whose forgery of the illegal classes is best (the domain's primary metric and direction)."""
+    from advbench.cells import Cell
+
+    if seed < SELECTION_SEED:
+        raise ValueError(f"selection seed {seed} must be >= {SELECTION_SEED}: below it are the reported seeds")
+    cells = {a.id: Cell(defense, a.attack, domain, a.threat_model, seed, budgets=suite.budgets, base=base)
+             for a in suite.adversaries}
+
+    def score(adversary: str, budget: int) -> float:
+        return rung_scores(cells[adversary], budget, options).illegal
+
+    first = next(iter(cells.values()))
+    probe = rung_scores(first, suite.budgets[0], options)  # the direction (cached: the search scores it again)
+    return successive_halving(list(cells), suite.budgets, score, probe.higher_is_better, keep), cells

@@ -77,12 +77,12 @@ def test_rungs_continue_the_attack_and_the_full_cell_trains_only_the_rest(temp_p
     real_step = ft.Trainer.step
     monkeypatch.setattr(ft.Trainer, "step", lambda self, *a, **kw: steps.append(a[-1]) or real_step(self, *a, **kw))
     options = RunOptions(cache_dir=tmp_path / "rungs", progress=False)
-    first = rung_scores(_cell(), 1, options)
+    first = rung_scores(_cell(), 1, options).values
     illegal = sorted(first)
     assert steps == [0] * len(illegal)  # one step per illegal class, then stopped
-    second = rung_scores(_cell(), 2, options)
+    second = rung_scores(_cell(), 2, options).values
     assert steps[len(illegal):] == [1] * len(illegal)  # on from step 1: step 0 is not trained again
-    assert rung_scores(_cell(), 2, options) == second and len(steps) == 2 * len(illegal)  # cached
+    assert rung_scores(_cell(), 2, options).values == second and len(steps) == 2 * len(illegal)  # cached
     record = run_cell(_cell(), None, options)
     legal = [c for c, v in record["metrics"]["classes"].items() if v["role"] == "legal"]
     # every class trained each of its 4 steps exactly once: the illegal ones went on from the rungs' step 2
@@ -100,3 +100,27 @@ def test_stop_after_must_be_a_budget_of_the_cell(temp_plugin, tmp_path):
     temp_plugin(ToyPlugin(), "toy-plugin")
     with pytest.raises(ValueError, match="stop_after=3 is not one of the cell's budgets"):
         rung_scores(_cell(), 3, RunOptions(cache_dir=tmp_path, progress=False))
+
+
+def test_worst_case_search_on_selection_seeds_trains_each_rung_once(temp_plugin, tmp_path, monkeypatch):
+    import advbench.finetune as ft
+    from advbench.adversaries import parse_suite
+    from advbench.halving import SELECTION_SEED, worst_case_search
+
+    temp_plugin(ToyPlugin(), "toy-plugin")
+    suite = parse_suite({"id": "tiny", "version": 1, "steps": 2, "budgets": [1, 2], "lr_multipliers": [0.5, 8],
+                         "ladders": [{"attack": "fullft", "params": {"batch_size": 2}},
+                                     {"attack": "lora", "params": {"batch_size": 2}, "lr_multipliers": [1]}]})
+    steps = []
+    real_step = ft.Trainer.step
+    monkeypatch.setattr(ft.Trainer, "step", lambda self, *a, **kw: steps.append(a[-1]) or real_step(self, *a, **kw))
+    options = RunOptions(cache_dir=tmp_path, progress=False)
+    search, cells = worst_case_search(PluginSpec("defense", "none"), PluginSpec("domain", "toy"), suite, options)
+    assert all(c.seed == SELECTION_SEED for c in cells.values())
+    assert [len(r.scores) for r in search.rungs] == [3, 2]  # ceil(3 / 2) = 2 go on to the last budget
+    illegal = 2  # the toy domain's illegal classes; its legal ones are never trained in a search
+    assert sorted(steps) == sorted([0] * 3 * illegal + [1] * 2 * illegal)  # no step trained twice
+    last = search.rungs[-1].scores
+    assert last[search.winner] == min(last.values())  # a brightness distance: lower is the stronger forgery
+    with pytest.raises(ValueError, match="must be >= 10000"):
+        worst_case_search(PluginSpec("defense", "none"), PluginSpec("domain", "toy"), suite, options, seed=0)
