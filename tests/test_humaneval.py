@@ -308,6 +308,13 @@ def test_browser_round_trip(browser, invoke, results, tmp_path):
                 browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", radio)
                 radio.click()
     assert browser.find_element(By.ID, "progress").text == f"3 of {len(key['order'])} images rated"
+    browser.refresh()  # a closed tab or a crash: the answers and the name come back from the browser's storage
+    assert browser.find_element(By.ID, "progress").text == f"3 of {len(key['order'])} images rated"
+    assert browser.find_element(By.ID, "rater").get_attribute("value") == "Ada Rater"
+    for image_id, (concept, quality) in filled.items():
+        for question, value in (("concept", concept), ("quality", quality)):
+            checked = browser.find_elements(By.CSS_SELECTOR, f'input[name="{image_id}-{question}"]:checked')
+            assert [c.get_attribute("value") for c in checked] == ([] if value is None else [str(value)])
     browser.find_element(By.ID, "save").click()
     deadline, saved = time.time() + 20, []
     while time.time() < deadline and not saved:
