@@ -124,3 +124,47 @@ def test_worst_case_search_on_selection_seeds_trains_each_rung_once(temp_plugin,
     assert last[search.winner] == min(last.values())  # a brightness distance: lower is the stronger forgery
     with pytest.raises(ValueError, match="must be >= 10000"):
         worst_case_search(PluginSpec("defense", "none"), PluginSpec("domain", "toy"), suite, options, seed=0)
+
+
+TINY_SUITE = """
+id = "tiny"
+version = 1
+steps = 2
+budgets = [1, 2]
+lr_multipliers = [0.5, 8]
+[[ladders]]
+attack = "fullft"
+params = { batch_size = 2 }
+[[ladders]]
+attack = "lora"
+params = { batch_size = 2 }
+lr_multipliers = [1]
+"""
+
+
+def test_search_command_prints_and_writes_both_searches(temp_plugin, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from advbench.cli.main import _attach_commands, cli
+
+    temp_plugin(ToyPlugin(), "toy-plugin")
+    _attach_commands()
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY_SUITE)
+    args = ["search", "--defense", "random", "--defense-arg", "p=0.5", "--domain", "toy", "--adversaries", str(suite),
+            "-o", str(tmp_path / "out" / "search.json"), "--cache-dir", str(tmp_path / "c"), "--device", "cpu",
+            "--quiet"]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    summary = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert summary["suite"]["id"] == "tiny" and summary["selection_seed"] == 10_000
+    assert set(summary["searches"]) == {"random(p=0.5)", "none"}
+    for label, found in summary["searches"].items():
+        assert [len(r["scores"]) for r in found["rungs"]] == [3, 2] and found["winner"] in found["rungs"][1]["kept"]
+        assert f"{label}: successive halving, winner {found['winner']}" in out.output
+    bad = CliRunner().invoke(cli, [*args[:7], "--adversaries", str(tmp_path / "none.toml")])
+    assert bad.exit_code == 2 and bad.output.strip().splitlines()[-1].startswith("Error: adversary suite")
+    seed = CliRunner().invoke(cli, [*args, "--selection-seed", "3"])
+    assert seed.exit_code == 2 and "10000" in seed.output

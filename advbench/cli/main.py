@@ -28,9 +28,9 @@ def cli():
 
 
 def _attach_commands() -> None:
-    from advbench.cli import bench, cache, humaneval, leaderboard, listing, report, run
+    from advbench.cli import bench, cache, humaneval, leaderboard, listing, report, run, search
 
-    for module in (run, bench, leaderboard, report, humaneval, listing, cache):
+    for module in (run, bench, leaderboard, report, humaneval, search, listing, cache):
         module.attach(cli)
     from advbench.plugins import add_commands
 
