@@ -1,4 +1,4 @@
-"""Adversary suites: a named, versioned set of attacker configurations (issue 21 groundwork, not yet in the CLI).
+"""Adversary suites: a named, versioned set of attacker configurations (issue 21; docs/adversaries.md).
 
 A defense that holds against the one attacker configuration a paper chose may fall to the same attack at four
 times the learning rate. A suite lists the configurations a determined attacker would try, all at one step cap

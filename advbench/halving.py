@@ -1,7 +1,7 @@
 """Successive halving over attacker configurations: the search behind the worst-case adversary (issue 21).
 
-Groundwork, not yet reachable from the CLI: the adversary suites, the selection/reporting seed split and the
-worst-case leaderboard columns that will use it are still to be built (docs/architecture.md).
+`advbench search` runs it (docs/adversaries.md); running the winners on the reported seeds and the
+worst-case leaderboard columns are still to be built.
 
 A search gives every candidate the first budget, keeps the stronger half (by the domain's primary metric on the
 illegal classes: the better forgery), gives the survivors the next budget, and so on (Jamieson & Talwalkar 2016,
