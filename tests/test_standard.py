@@ -113,6 +113,14 @@ def test_same_cell_id_identical_kept_once_different_refused(tmp_path):
     c = _write(tmp_path / "c.jsonl", [changed])
     with pytest.raises(DataError, match=f"cell {guard['cell_id']} .* is in {a} and {c} with different measurements"):
         merge_records(load_sources([a, c]))
+    # a KID near 0 loses relative precision in a rerun (seen: 0.0036137 vs 0.0036132): within the absolute 1e-6
+    kid = copy.deepcopy(guard)
+    kid["metrics"]["illegal"]["dist"] = 0.6 + 5e-7
+    assert len(merge_records(load_sources([a, _write(tmp_path / "kid.jsonl", [base, kid])]))) == 2
+    near = copy.deepcopy(guard)
+    near["metrics"]["illegal"]["dist"] = 0.6 + 1e-4  # 1.7e-4 relative and 1e-4 absolute: another measurement
+    with pytest.raises(DataError, match="with different measurements"):
+        merge_records(load_sources([a, _write(tmp_path / "near.jsonl", [near])]))
 
 
 def test_two_cells_in_one_row_and_seed_are_refused_naming_both_files(tmp_path):
