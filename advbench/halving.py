@@ -91,14 +91,16 @@ class RungScore:
         return float(sum(v[self.primary] for v in self.values.values()) / len(self.values))
 
 
-def rung_scores(cell: Any, budget: int, options: Any = None) -> RungScore:
+def rung_scores(cell: Any, budget: int, options: Any = None, validate: bool = True) -> RungScore:
     """The cell's illegal classes with the attack stopped at ``budget`` (one of the cell's budgets), continuing
-    from the state an earlier rung left, generated and scored there; stages go to the options' cache as usual."""
+    from the state an earlier rung left, generated and scored there; stages go to the options' cache as usual.
+    ``validate=False`` when the caller validated the cell already (a search does, once, before any rung)."""
     from advbench.cache import StageCache
     from advbench.runner import RunOptions, _CellRun, adapt_stage, generate_stage, protect_stage, score_stage
 
     options = options or RunOptions()
-    cell.validate()
+    if validate:
+        cell.validate()
     run = _CellRun(cell, options, StageCache(options.cache_dir, enabled=options.use_cache))
     run.prepare_base()
     protected, protect_key = protect_stage(run)
@@ -120,6 +122,7 @@ def worst_case_search(defense: Any, domain: Any, suite: Any, options: Any = None
     ``domain`` with selection seed ``seed``: ``(the search, {adversary id: its cell})``. The strongest adversary
     is the one whose forgery of the illegal classes is best (the domain's primary metric and direction)."""
     from advbench.cells import Cell
+    from advbench.staleness import build_metric
 
     if seed < SELECTION_SEED:
         raise ValueError(f"selection seed {seed} must be >= {SELECTION_SEED}: below it are the reported seeds")
@@ -129,8 +132,8 @@ def worst_case_search(defense: Any, domain: Any, suite: Any, options: Any = None
         cell.validate(deep=n == 0)
 
     def score(adversary: str, budget: int) -> float:
-        return rung_scores(cells[adversary], budget, options).illegal
+        return rung_scores(cells[adversary], budget, options, validate=False).illegal
 
-    first = next(iter(cells.values()))
-    probe = rung_scores(first, suite.budgets[0], options)  # the direction (cached: the search scores it again)
-    return successive_halving(list(cells), suite.budgets, score, probe.higher_is_better, keep), cells
+    built = domain.build()  # the direction of the primary metric, as the runner builds it
+    stronger_high = bool(build_metric(built.primary_metric, built).higher_is_better)
+    return successive_halving(list(cells), suite.budgets, score, stronger_high, keep), cells
