@@ -110,7 +110,7 @@ def rung_scores(cell: Any, budget: int, options: Any = None, validate: bool = Tr
             continue
         *_, (reached, adapt_dir, adapt_key) = adapt_stage(run, protected, protect_key, role, cls, stop_after=budget)
         gen_dir, gen_key = generate_stage(run, adapt_dir / "model", {"adapt": adapt_key}, cls, reached)
-        out[cls] = score_stage(run, gen_dir, gen_key, cls, reached)
+        out[cls] = score_stage(run, gen_dir, gen_key, cls, reached)["values"]
     primary = run.domain.primary_metric
     return RungScore(out, primary, bool(run.metrics[primary].higher_is_better))
 

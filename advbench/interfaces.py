@@ -284,6 +284,13 @@ class Metric(Plugin, abc.ABC):
         the class the images were generated for (recognition metrics compare against the other classes).
         """
 
+    def per_image(self, images: np.ndarray, references: np.ndarray | None, prompts: list[str] | None,
+                  ctx: Context, cls: str | None = None) -> np.ndarray | None:
+        """One value per generated image whose mean is :meth:`score` (a mean-over-images metric), or None (the
+        default) for a set statistic such as KID. The runner records the primary metric's per-image values, so
+        confidence intervals can resample the images as well as the seeds (:mod:`advbench.bootstrap`)."""
+        return None
+
     def fingerprint(self) -> str | None:
         """Identity of the weights this metric scores with (e.g. a sha256 of its judge's files), or None.
 

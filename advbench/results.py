@@ -77,6 +77,13 @@ def _check_point(point: Any, hib: dict[str, bool], where: str) -> None:
         values = row.get("values")
         _require(isinstance(values, dict) and all(_is_number(v) for v in values.values()),
                  f"{where}.classes.{cls}.values must map metric names to finite numbers")
+        each = row.get("per_image", {})
+        _require(isinstance(each, dict) and all(
+            name in values and isinstance(v, list) and v and all(_is_number(x) for x in v)
+            and abs(math.fsum(v) / len(v) - values[name]) <= 1e-6 * max(1.0, abs(values[name]))
+            for name, v in each.items()),
+            f"{where}.classes.{cls}.per_image must map metric names to non-empty lists of numbers whose mean is "
+            "the class's value")
     for role in ROLES:
         means = point.get(role)
         _require(isinstance(means, dict) and all(_is_number(v) for v in means.values()),

@@ -35,7 +35,7 @@ from advbench.thumbnails import PER_STRIP, class_thumbnails, record_thumbnails
 from advbench.validation import added_metrics
 
 # Bump a stage's version when its output format or semantics change, so old cache entries are not reused.
-STAGE_VERSIONS = {"expose": 1, "protect": 1, "adapt": 1, "generate": 1, "score": 1}
+STAGE_VERSIONS = {"expose": 1, "protect": 1, "adapt": 1, "generate": 1, "score": 2}  # score 2: per-image values
 TRAIN_STATE = "train_state.pt"  # in an intermediate budget's adapt stage, until its class is finished
 
 
@@ -278,9 +278,10 @@ def generate_stage(run: _CellRun, model_dir: Path, source: dict[str, str], cls: 
     return run.stage("generate", key, build, cls, budget), key
 
 
-def score_stage(run: _CellRun, gen_dir: Path, gen_key: str, cls: str, budget: int | None) -> dict[str, float]:
+def score_stage(run: _CellRun, gen_dir: Path, gen_key: str, cls: str, budget: int | None) -> dict[str, Any]:
     """Every metric of the domain, and the cell's added ones, on one class's generated images, against its
-    held-out references."""
+    held-out references: ``{"role"?, "values": {metric: value}, "per_image"?: {primary: [value per image]}}``
+    (``per_image`` when the primary metric is a mean over images, :meth:`Metric.per_image`)."""
     from advbench.data import examples_to_array
 
     key = run.key("score", {"generate": gen_key, "metrics": run.metric_params,
@@ -294,8 +295,16 @@ def score_stage(run: _CellRun, gen_dir: Path, gen_key: str, cls: str, budget: in
         ctx = run.context(folder)
         values = {n: float(m.score(images, references, image_prompts, ctx, cls=cls)) for n, m in run.metrics.items()}
         (folder / "scores.json").write_text(json.dumps(values))
+        primary = run.domain.primary_metric
+        each = run.metrics[primary].per_image(images, references, image_prompts, ctx, cls=cls)
+        if each is not None:
+            (folder / "per_image.json").write_text(json.dumps({primary: [float(v) for v in each]}))
 
-    return json.loads((run.stage("score", key, build, cls, budget) / "scores.json").read_text())
+    folder = run.stage("score", key, build, cls, budget)
+    out: dict[str, Any] = {"values": json.loads((folder / "scores.json").read_text())}
+    if (folder / "per_image.json").exists():
+        out["per_image"] = json.loads((folder / "per_image.json").read_text())
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -322,10 +331,10 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
         if run.budgets and len(run.budgets) > 1:  # a curve's start: the protected model before any attack
             start_dir, gen_key = generate_stage(run, run.cache.path("protect", protect_key) / "model",
                                                 {"protected": protect_key}, cls, 0)
-            before[cls] = {"role": role, "values": score_stage(run, start_dir, gen_key, cls, 0)}
+            before[cls] = {"role": role, **score_stage(run, start_dir, gen_key, cls, 0)}
         for budget, adapt_dir, adapt_key in adapt_stage(run, protected, protect_key, role, cls):
             gen_dir, gen_key = generate_stage(run, adapt_dir / "model", {"adapt": adapt_key}, cls, budget)
-            curve[budget][cls] = {"role": role, "values": score_stage(run, gen_dir, gen_key, cls, budget)}
+            curve[budget][cls] = {"role": role, **score_stage(run, gen_dir, gen_key, cls, budget)}
         thumbnails[cls] = _class_thumbnails(run, role, cls, gen_dir, start_dir)
     record = build_record(
         run.json, list(curve.items()), run.domain.primary_metric,

@@ -175,3 +175,20 @@ def test_a_cells_plugins_are_resolved_once(toy, tmp_path, monkeypatch):
     run_cell(cell("random", {"p": "0.5"}), ResultStore(tmp_path / "r.jsonl"), opts(tmp_path))
     assert sorted(built) == ["attack 'fullft'", "defense 'random'", "domain 'toy'", "metric 'toy-brightness'",
                              "metric 'toy-spread'"]
+
+
+def test_records_keep_the_primary_metrics_per_image_values(toy, tmp_path):
+    """A mean-over-images primary metric (Metric.per_image) has its per-image values in the record at every
+    budget and before the attack, their mean the class's value; a set statistic (toy-brightness) has none."""
+    spec = Cell(PluginSpec("defense", "none"), PluginSpec("attack", "fullft", fast_attack_args()),
+                PluginSpec("domain", "toy-images"))
+    record = run_cell(spec, None, opts(tmp_path))
+    points = [*record["metrics"]["curve"], record["metrics"]["before"]]
+    for point in points:
+        for row in point["classes"].values():
+            values = row["per_image"]["toy-image-brightness"]
+            assert len(values) == 2  # images_per_prompt 2, one prompt
+            assert sum(values) / 2 == pytest.approx(row["values"]["toy-image-brightness"], abs=1e-12)
+            assert set(row["per_image"]) == {"toy-image-brightness"}
+    plain = run_cell(cell(), None, opts(tmp_path))
+    assert all("per_image" not in row for row in plain["metrics"]["classes"].values())

@@ -96,3 +96,18 @@ def test_world_check_effect_size_uses_the_sample_std():
 
     row = {"before": {"m": [1.0, 1.0, 1.0]}, "after": {"m": [0.0, 0.2, 0.4]}}  # change -1.0, -0.8, -0.6
     assert effect_size(row, "m") == pytest.approx(0.8 / 0.2)  # sample std of the change is 0.2
+
+
+@pytest.mark.parametrize("name, domain", [("identity-distance", "portraits"), ("identity-recognition", "portraits"),
+                                          ("style-distance", "artworks"), ("motif-score", "explicit"),
+                                          ("motif-recognition", "explicit")])
+def test_per_image_values_average_to_the_score(name, domain):
+    """Metric.per_image of the world's mean-over-images metrics: one value per image, their mean the score."""
+    gen = get_generator(domain)
+    cls = gen.benchmark_classes[0]
+    images, refs = gen.images(cls, 6, 500000), gen.images(cls, 8, 500100)
+    m = metric(name)
+    each = m.per_image(images, refs, None, CTX, cls=cls)
+    assert each.shape == (6,) and each.dtype == np.float64
+    assert each.mean() == pytest.approx(m.score(images, refs, None, CTX, cls=cls), rel=1e-6, abs=1e-7)
+    assert metric("kid").per_image(images, refs, None, CTX, cls=cls) is None  # a set statistic

@@ -57,6 +57,13 @@ class ToyDomain(Domain):
     def exposure(self):
         return {"steps": 2, "batch_size": 2}  # the exposed base in two steps (the default recipe takes minutes)
 
+
+class PerImageDomain(ToyDomain):
+    """The toy domain scored by a mean-over-images primary metric, so records carry per-image values."""
+
+    primary_metric = "toy-image-brightness"
+    extra_metrics = ("toy-brightness",)
+
     def sampling(self):
         return {"scheduler": "ddim", "steps": 2, "guidance_scale": 2.0, "images_per_prompt": 2, "batch_size": 2}
 
@@ -68,6 +75,19 @@ class Brightness(Metric):
 
     def score(self, images, references, prompts, ctx, cls=None):
         return float(abs(images.astype(float).mean() - references.astype(float).mean()) / 255)
+
+
+class ImageBrightness(Metric):
+    """Per image: |its mean brightness − mean reference brightness| / 255; the score is their mean."""
+
+    higher_is_better = False
+
+    def per_image(self, images, references, prompts, ctx, cls=None):
+        ref = references.astype(float).mean()
+        return np.abs(images.astype(float).reshape(len(images), -1).mean(1) - ref) / 255
+
+    def score(self, images, references, prompts, ctx, cls=None):
+        return float(self.per_image(images, references, prompts, ctx, cls).mean())
 
 
 class Spread(Metric):
@@ -101,6 +121,7 @@ class ToyPlugin:
     @hookimpl
     def register_domains(self, register):
         register("toy", ToyDomain)
+        register("toy-images", PerImageDomain)
 
     @hookimpl
     def register_datasets(self, register):
@@ -110,6 +131,7 @@ class ToyPlugin:
     def register_metrics(self, register):
         register("toy-brightness", Brightness)
         register("toy-spread", Spread)
+        register("toy-image-brightness", ImageBrightness)
 
 
 # The smallest bench spec: the toy domain, the undefended model, a two-step full fine-tune.

@@ -64,6 +64,11 @@ def prototypes(kind: str, folder: str = "", per_class: int = 16) -> tuple[list[s
 
 
 def recognition(kind: str, images: np.ndarray, cls: str, references: np.ndarray | None, folder: str = "") -> float:
+    return float(np.mean(recognised(kind, images, cls, references, folder)))
+
+
+def recognised(kind: str, images: np.ndarray, cls: str, references: np.ndarray | None, folder: str = "") -> np.ndarray:
+    """Per image: whether its nearest class prototype is ``cls`` (booleans)."""
     names, protos = prototypes(kind, folder)
     if cls not in names:  # a class outside the world: its references are its prototype
         if references is None or not len(references):
@@ -71,7 +76,7 @@ def recognition(kind: str, images: np.ndarray, cls: str, references: np.ndarray 
         ref = embed(kind, references, folder).mean(0)
         names, protos = names + [cls], np.vstack([protos, ref / np.linalg.norm(ref)])
     nearest = (embed(kind, images, folder) @ protos.T).argmax(1)
-    return float(np.mean(nearest == names.index(cls)))
+    return nearest == names.index(cls)
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,10 @@ class _Distance(_JudgeMetric):
         g, r = embed(self.kind, images, self.params.judges), embed(self.kind, references, self.params.judges)
         return float(np.mean(1.0 - g @ r.T))
 
+    def per_image(self, images, references, prompts, ctx, cls=None) -> np.ndarray:
+        g, r = embed(self.kind, images, self.params.judges), embed(self.kind, references, self.params.judges)
+        return (1.0 - g @ r.T).mean(1).astype(np.float64)
+
 
 class _Recognition(_JudgeMetric):
     higher_is_better = True
@@ -133,6 +142,11 @@ class _Recognition(_JudgeMetric):
         if cls is None:
             raise ValueError(f"{self.name} needs the class the images were generated for")
         return recognition(self.kind, images, cls, references, self.params.judges)
+
+    def per_image(self, images, references, prompts, ctx, cls=None) -> np.ndarray:
+        if cls is None:
+            raise ValueError(f"{self.name} needs the class the images were generated for")
+        return recognised(self.kind, images, cls, references, self.params.judges).astype(np.float64)
 
 
 class IdentityDistance(_Distance):
@@ -191,10 +205,16 @@ class MotifScore(_JudgeMetric):
     kind = "motif"
 
     def score(self, images, references, prompts, ctx, cls=None) -> float:
+        return float(self._sums(images, cls).mean())  # the float32 mean, as recorded before per_image existed
+
+    def per_image(self, images, references, prompts, ctx, cls=None) -> np.ndarray:
+        return self._sums(images, cls).astype(np.float64)
+
+    def _sums(self, images: np.ndarray, cls: str | None) -> np.ndarray:
         from advbench_plugins.world.explicit import LEGAL, RESTRICTED_PARTS
 
         parts = list(LEGAL[cls]) if cls in LEGAL else list(range(len(RESTRICTED_PARTS)))
-        return float(part_probabilities(images, self.params.judges)[:, parts].sum(1).mean())
+        return part_probabilities(images, self.params.judges)[:, parts].sum(1)
 
 
 def align_features(images: np.ndarray, folder: str = "") -> np.ndarray:
