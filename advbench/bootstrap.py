@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals over seeds and generated images (issue 21 groundwork, not yet in the tables).
+"""Bootstrap confidence intervals over seeds and generated images (the leaderboard's intervals, :mod:`advbench.intervals`).
 
 A score such as mitigation power is computed per seed from the images of a defended and an undefended cell;
 its uncertainty comes from both levels, the training noise (seeds) and the sampling noise (which images were
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,16 +49,27 @@ def hierarchical_bootstrap(groups: Sequence[Sequence[np.ndarray]], per_group: Ca
     ``numpy.random.default_rng(seed)`` in a fixed order (per resample: the seed indices, then for each drawn seed
     each array's indices), so an interval is reproducible and can be recomputed with plain numpy.
     """
+    point, stats = bootstrap_stats(groups, per_group, lambda scores: np.atleast_1d(combine(scores)), n_resamples,
+                                   seed)
+    low, high = percentile_interval(stats, confidence)
+    return Interval(float(point[0]), float(low[0]), float(high[0]), confidence)
+
+
+def bootstrap_stats(groups: Sequence[Sequence[np.ndarray]], per_group: Callable[..., Any],
+                    combine: Callable[[np.ndarray], np.ndarray], n_resamples: int = 2000, seed: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The vector form behind :func:`hierarchical_bootstrap`: ``per_group`` may return a vector of features and
+    ``combine`` maps the seeds' stacked features (seeds × features) to a vector of statistics, so one pass of
+    resampling gives several statistics (mitigation power, legal impact, MP-AUC, a delay) from the same draws.
+    Returns the statistics on the data as they are and the ``n_resamples`` × statistics resampled ones."""
     if not groups or any(len(g) == 0 or any(len(np.asarray(a)) == 0 for a in g) for g in groups):
         raise ValueError("every group needs at least one non-empty array of values")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be a positive number, got {n_resamples}")
     data = [[np.asarray(a, dtype=float) for a in g] for g in groups]
-    point = float(combine(np.array([per_group(*g) for g in data])))
+    point = np.asarray(combine(np.array([per_group(*g) for g in data])), dtype=float)
     rng = np.random.default_rng(seed)
-    stats = np.empty(n_resamples)
+    stats = np.empty((n_resamples, point.size))
     for r in range(n_resamples):
         picked = rng.integers(0, len(data), size=len(data))
         scores = []
@@ -65,6 +77,20 @@ def hierarchical_bootstrap(groups: Sequence[Sequence[np.ndarray]], per_group: Ca
             arrays = [a[rng.integers(0, len(a), size=len(a))] for a in data[i]]
             scores.append(per_group(*arrays))
         stats[r] = combine(np.array(scores))
+    return point, stats
+
+
+def percentile_interval(stats: np.ndarray, confidence: float = 0.95, min_defined: float = 0.95
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``stats`` (resamples × statistics): the percentile interval. A statistic that is NaN (undefined)
+    in more than ``1 - min_defined`` of the resamples has a NaN interval; otherwise its NaNs are left out."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     alpha = (1 - confidence) / 2
-    low, high = np.quantile(stats, [alpha, 1 - alpha])
-    return Interval(point, float(low), float(high), confidence)
+    stats = np.asarray(stats, dtype=float).reshape(len(stats), -1)
+    low, high = np.full(stats.shape[1], np.nan), np.full(stats.shape[1], np.nan)
+    for j in range(stats.shape[1]):
+        column = stats[:, j][~np.isnan(stats[:, j])]
+        if len(column) and len(column) >= min_defined * len(stats):
+            low[j], high[j] = np.quantile(column, [alpha, 1 - alpha])
+    return low, high

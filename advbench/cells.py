@@ -85,6 +85,9 @@ class Cell:
     base: str = "naive"  # "exposed": the base fine-tuned on the publisher's share first (advbench.exposure)
     mixed_precision: str = "no"  # fp16/bf16 change the numbers, so they are part of the cell
     metrics: tuple[PluginSpec, ...] = ()  # metrics scored besides the domain's, sorted by name (one id per set)
+    # a worst-case cell (advbench.worstcase): the suite's id, version, fingerprint, the chosen adversary's id and
+    # the selection seed it was chosen on; the attack is that adversary, labelled worst-case[<suite>@<version>]
+    adversary: dict[str, Any] | None = None
 
     def __post_init__(self):
         self.metrics = tuple(sorted(self.metrics, key=lambda spec: spec.name))
@@ -158,6 +161,8 @@ class Cell:
             # absent without added metrics, so the ids of cells recorded before --metric existed are unchanged
             **({"metrics": [{"name": s.name, "params": s.resolved_params()} for s in self.metrics]}
                if self.metrics else {}),
+            # absent outside worst-case cells, so every other cell id is unchanged
+            **({"adversary": dict(self.adversary)} if self.adversary else {}),
         }
 
     def validate(self, deep: bool = True) -> None:
@@ -183,7 +188,8 @@ class Cell:
         domain = name if self.base == "naive" else f"{name} ({self.base} base)"
         precision = "" if self.mixed_precision == "no" else f" | {self.mixed_precision}"
         metrics = f" | +{', '.join(s.display_label() for s in self.metrics)}" if self.metrics else ""
-        return (f"{domain} | {self.defense.display_label()} vs {self.attack.display_label()} | "
+        adversary = f" ({self.adversary['id']})" if self.adversary else ""
+        return (f"{domain} | {self.defense.display_label()} vs {self.attack.display_label()}{adversary} | "
                 f"{self.threat_model} | seed {self.seed}{precision}{metrics}")
 
 
@@ -195,6 +201,16 @@ def domain_key(cell: dict[str, Any]) -> str:
     different starting points (the exposed one already knows the classes), never mixed in one row.
     """
     return with_base(cell["domain"].get("label") or cell["domain"]["name"], cell.get("base", "naive"))
+
+
+#: The threat-model column of a worst-case row: the suite's adversaries may comply with the defense's
+#: constraints or ignore them, so defended and undefended worst cases are compared whichever they used.
+WORST_THREAT = "any"
+
+
+def row_threat(cell: dict[str, Any]) -> str:
+    """The leaderboard's threat-model column: the cell's, or ``any`` for a worst-case cell."""
+    return WORST_THREAT if "adversary" in cell else cell["threat_model"]
 
 
 def with_base(domain: str, base: str) -> str:

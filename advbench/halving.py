@@ -116,7 +116,7 @@ def rung_scores(cell: Any, budget: int, options: Any = None, validate: bool = Tr
 
 
 def worst_case_search(defense: Any, domain: Any, suite: Any, options: Any = None, seed: int = SELECTION_SEED,
-                      keep: float = 0.5, base: str = "naive", mixed_precision: str = "no"
+                      keep: float = 0.5, base: str = "naive", mixed_precision: str = "no", model: str | None = None
                       ) -> tuple[Halving, dict[str, Any]]:
     """Successive halving of ``suite``'s adversaries (:mod:`advbench.adversaries`) against ``defense`` on
     ``domain`` with selection seed ``seed``: ``(the search, {adversary id: its cell})``. The strongest adversary
@@ -126,8 +126,8 @@ def worst_case_search(defense: Any, domain: Any, suite: Any, options: Any = None
 
     if seed < SELECTION_SEED:
         raise ValueError(f"selection seed {seed} must be >= {SELECTION_SEED}: below it are the reported seeds")
-    cells = {a.id: Cell(defense, a.attack, domain, a.threat_model, seed, budgets=suite.budgets, base=base,
-                        mixed_precision=mixed_precision) for a in suite.adversaries}
+    cells = {a.id: Cell(defense, a.attack, domain, a.threat_model, seed, model, suite.budgets, base,
+                        mixed_precision) for a in suite.adversaries}
     for n, cell in enumerate(cells.values()):  # every mistake before any work; data and model checked once
         cell.validate(deep=n == 0)
 

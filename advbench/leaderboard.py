@@ -21,8 +21,10 @@ import pandas as pd
 
 from advbench.curves import (Bounded, curve_summary, format_delay, mp_auc, record_before, record_curve,
                              relative_degradation)
-from advbench.cells import domain_key
+from advbench.cells import domain_key, row_threat
 from advbench.errors import DataError
+from advbench.intervals import COLUMNS as INTERVALS
+from advbench.intervals import row_intervals
 from advbench.numerics import check_comparable
 from advbench.safeio import atomic_write
 
@@ -37,7 +39,7 @@ SCORES = (("illegal", "mitigation_power"), ("legal", "legal_impact"))
 
 def _key(rec: dict[str, Any]) -> tuple[str, str, str, str]:
     cell = rec["cell"]
-    return domain_key(cell), cell["defense"]["label"], cell["attack"]["label"], cell["threat_model"]
+    return domain_key(cell), cell["defense"]["label"], cell["attack"]["label"], row_threat(cell)
 
 
 def _label(key: tuple[str, ...]) -> str:
@@ -103,7 +105,7 @@ def score_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     baselines: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
     for rec in records:
         if rec["cell"]["defense"]["name"] == BASELINE:
-            group = (domain_key(rec["cell"]), rec["cell"]["attack"]["label"], rec["cell"]["threat_model"])
+            group = (domain_key(rec["cell"]), rec["cell"]["attack"]["label"], row_threat(rec["cell"]))
             seed = rec["cell"]["seed"]
             if seed in baselines[group]:
                 raise DataError(f"two '{BASELINE}' baselines for {group[0]} | {group[1]} | {group[2]}, seed {seed} "
@@ -116,7 +118,7 @@ def score_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for rec in records:
         cell, metrics = rec["cell"], rec["metrics"]
         primary, hib, seed = metrics["primary"], directions[metrics["primary"]], cell["seed"]
-        group = (domain_key(cell), cell["attack"]["label"], cell["threat_model"])
+        group = (domain_key(cell), cell["attack"]["label"], row_threat(cell))
         base_seeds, seed_curves = baselines.get(group, {}), base_curves.get(group, {})
         base = base_seeds.get(seed)
         others = [b["metrics"] for b in base_seeds.values()]
@@ -191,8 +193,12 @@ def _curve_columns(key: tuple, items: list[dict[str, Any]], base_items: list[dic
     return row
 
 
-def build_leaderboard(records: list[dict[str, Any]]) -> pd.DataFrame:
+def build_leaderboard(records: list[dict[str, Any]], intervals: str = "worst-case") -> pd.DataFrame:
     """One row per (domain, defense, attack, threat model): illegal/legal metric values and the two scores.
+
+    ``adversary`` names a worst-case row's winning adversaries (:mod:`advbench.worstcase`). ``intervals``:
+    which defended rows get 95 % bootstrap intervals (:mod:`advbench.intervals`, ``INTERVALS`` columns): those of
+    worst-case rows (the default), ``all`` rows (slower: about half a second per row) or ``none``.
 
     Values are mean and std (ddof=1) over seeds. ``df.attrs["higher_is_better"]`` keeps each metric's direction.
     The scores are those of the final budget; the ``CURVE`` columns and ``mitigation_power_b{B}_mean``/``_std``,
@@ -234,12 +240,21 @@ def build_leaderboard(records: list[dict[str, Any]]) -> pd.DataFrame:
                                    else "seed-mean" if not any(matched) else "partial")
         base_items = base_groups.get(items[0]["group"], [])
         row.update(_curve_columns(key, items, base_items, directions[row["primary_metric"]]))
+        adversaries = sorted({i["record"]["cell"]["adversary"]["id"] for i in items if "adversary" in i["record"]["cell"]})
+        row["adversary"] = ", ".join(adversaries)
+        wanted = intervals == "all" or (intervals == "worst-case" and adversaries)
+        if wanted and items[0]["record"]["cell"]["defense"]["name"] != BASELINE:
+            by_seed = {b["seed"]: b["record"] for b in base_items}
+            pairs = [(i["record"], by_seed[i["seed"]]) for i in sorted(items, key=lambda i: i["seed"])
+                     if i["seed"] in by_seed]
+            row.update(row_intervals(pairs, row["primary_metric"], directions[row["primary_metric"]]))
         rows.append(row)
     metric_cols = [f"{role}_{n}_{stat}" for n in names for role in ROLES for stat in ("mean", "std")]
     budgets = sorted({p["budget"] for i in scored for p in i["curve"] if p["budget"] is not None})
     budget_cols = [f"{column}_b{_budget_text(b)}_{stat}" for b in budgets
                    for column in ("mitigation_power", "legal_impact") for stat in ("mean", "std")]
-    columns = [*KEYS, "n_seeds", "primary_metric", *metric_cols, *SUMMARY, "baseline_matched", *CURVE, *budget_cols]
+    columns = [*KEYS, "n_seeds", "primary_metric", *metric_cols, *SUMMARY, "baseline_matched", *CURVE, *budget_cols,
+               "adversary", *INTERVALS]
     df = pd.DataFrame(rows, columns=columns)
     if len(df):
         # Numbers inside labels sort as numbers: fullft[steps=800] before fullft[steps=1600].

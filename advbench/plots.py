@@ -15,7 +15,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from advbench.cells import domain_key
+from advbench.cells import domain_key, row_threat
 from advbench.curves import record_before
 from advbench.errors import UserError
 from advbench.leaderboard import BASELINE, _budget_text, _mean_std, score_records
@@ -89,7 +89,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     for item in items:
         cell = item["record"]["cell"]
         split = domain_key(cell) in defended_domains  # one row per attack, else the attacks are lines
-        panel = (domain_key(cell), cell["attack"]["label"] if split else "", cell["threat_model"])
+        panel = (domain_key(cell), cell["attack"]["label"] if split else "", row_threat(cell))
         line = (cell["defense"]["name"] != BASELINE, cell["defense"]["label"] if split else
                 f"{cell['defense']['label']} vs {cell['attack']['label']}")
         primaries[panel].add(item["primary"])

@@ -179,6 +179,13 @@ def validate_record(rec: Any) -> None:
     _require("metrics" not in cell or (isinstance(cell["metrics"], list) and cell["metrics"] and all(
         isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("params"), dict)
         for m in cell["metrics"])), "cell.metrics must be a non-empty list of {name, params}, or absent")
+    adversary = cell.get("adversary")
+    _require(adversary is None or (isinstance(adversary, dict) and all(
+        isinstance(adversary.get(k), str) for k in ("suite", "fingerprint", "id")) and all(
+        isinstance(adversary.get(k), int) for k in ("version", "selection_seed"))),
+        "cell.adversary must be {suite, version, fingerprint, id, selection_seed}, or absent")
+    _require(adversary is None or adversary["selection_seed"] != cell["seed"],
+             "cell.adversary.selection_seed must differ from cell.seed (the adversary is chosen on other seeds)")
     _check_metrics(rec["metrics"], version, budgets)
     if "thumbnails" in rec:
         _check_thumbnails(rec["thumbnails"], rec["metrics"]["classes"])

@@ -308,8 +308,11 @@ def score_stage(run: _CellRun, gen_dir: Path, gen_key: str, cls: str, budget: in
 
 
 # ------------------------------------------------------------------------------------------------ cells
-def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions | None = None) -> dict[str, Any]:
-    """Run one cell and return its result record; append it to ``store`` unless it is already there."""
+def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions | None = None,
+             annotations: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one cell and return its result record; append it to ``store`` unless it is already there.
+    ``annotations`` are extra top-level record keys that are outputs, not configuration (a worst-case cell's
+    ``search``): they join no cell id."""
     options = options or RunOptions()
     cell.validate()
     if store is not None:
@@ -345,7 +348,7 @@ def run_cell(cell: Cell, store: ResultStore | None = None, options: RunOptions |
                                                      "model_fingerprint": run.model_fp,
                                                      "metric_fingerprints": run.metric_fps, "base": run.base_facts,
                                                      **encoder_provenance(run.encoder_fp)}),
-        started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat())
+        started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(), **(annotations or {}))
     if store is not None:
         store.append(record)
     return record

@@ -28,6 +28,10 @@ budgets = [25, 50, 100]            # optional: the budgets of this attack's anyt
 num_gpus = 1
 ```
 
+``adversaries = "benchmarks/adversaries/standard.toml"`` (optional, with ``selection_seed``, default 10000) adds a
+worst-case job per domain and defense, the undefended one included (:mod:`advbench.worstcase`,
+docs/adversaries.md): the suite's strongest adversary, chosen on the selection seed and run on ``seeds``.
+
 A top-level ``budgets = [...]`` applies to every attack that supports anytime evaluation (an attack's own
 ``budgets`` wins); without either, each such attack scores its default budgets (``steps``/8, /4, /2, ``steps``).
 """
@@ -49,7 +53,7 @@ from advbench.results import cell_id
 from advbench.validation import check_spec_path, path_params
 
 TOP_KEYS = {"name", "description", "results", "seeds", "threat_models", "model", "domains", "defenses", "attacks",
-            "budgets", "bases", "ray", "metrics"}
+            "budgets", "bases", "ray", "metrics", "adversaries", "selection_seed"}
 ENTRY_KEYS = {"name", "params", "label", "sweep"}
 ATTACK_KEYS = ENTRY_KEYS | {"budgets"}
 DEFENSE_KEYS = ENTRY_KEYS | {"attacks"}
@@ -65,6 +69,8 @@ class BenchSpec:
     results: str | None
     cells: list[Cell] = field(default_factory=list)
     ray: dict[str, Any] = field(default_factory=dict)  # per-cell resources with --executor ray (num_cpus, num_gpus)
+    adversaries: Any = None  # an adversary suite (advbench.adversaries.Suite): worst-case jobs besides the cells
+    selection_seed: int = 10_000  # the worst-case search's seed (never a reported one)
 
 
 def _unknown_key(key: str, allowed: set[str], where: str) -> UserError:
@@ -184,7 +190,29 @@ def load_spec(path: str | Path, mixed_precision: str = "no", metrics: tuple[Plug
             if seen.setdefault(label, spec.params) != spec.params:
                 raise UserError(f"bench spec {path}: two {section} share the label '{label}' with different "
                                 "params; give each a distinct label")
-    return BenchSpec(name=str(data.get("name", path.stem)), path=path, results=results, cells=cells, ray=ray)
+    suite, selection_seed = _adversaries(data, path, seeds)
+    return BenchSpec(name=str(data.get("name", path.stem)), path=path, results=results, cells=cells, ray=ray,
+                     adversaries=suite, selection_seed=selection_seed)
+
+
+def _adversaries(data: dict[str, Any], path: Path, seeds: list[int]) -> tuple[Any, int]:
+    """The spec's ``adversaries`` suite (a path like ``results``, from the working directory) and selection seed."""
+    selection_seed = data.get("selection_seed", 10_000)
+    if not isinstance(selection_seed, int) or isinstance(selection_seed, bool) or not (
+            10_000 <= selection_seed <= MAX_SEED):
+        raise UserError(f"bench spec {path}: selection_seed must be an integer from 10000 to {MAX_SEED} "
+                        f"(below 10000 are the reported seeds), got {selection_seed!r}")
+    if "adversaries" not in data:
+        return None, selection_seed
+    if not isinstance(data["adversaries"], str):
+        raise UserError(f"bench spec {path}: adversaries must be the path of a suite .toml, "
+                        "e.g. \"benchmarks/adversaries/standard.toml\"")
+    if any(s >= 10_000 for s in seeds):
+        raise UserError(f"bench spec {path}: with adversaries, reported seeds must stay below 10000 (the "
+                        "selection seeds); change seeds")
+    from advbench.adversaries import load_suite
+
+    return load_suite(data["adversaries"]), selection_seed
 
 
 def _pairs(defenses: list[PluginSpec], attacks: list[PluginSpec], meets: dict[int, Any], where: str

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from advbench.cli.options import metric_option
+from advbench.cli.options import adversary_options, metric_option
 from advbench.errors import UserError
 
 
@@ -42,12 +42,15 @@ from advbench.errors import UserError
 @click.option("--num-cpus", type=float, default=None, help="CPUs per cell on Ray (default: the spec's [ray], else 1).")
 @click.option("--num-gpus", type=float, default=None, help="GPUs per cell on Ray (default: the spec's [ray], else 0).")
 @metric_option
+@adversary_options()
 def bench(spec_path, results, check_csv, tolerance, any_change, dry_run, shard, threads, matches, executor_name, address,
-          num_cpus, num_gpus, metric_args, **execution):
+          num_cpus, num_gpus, metric_args, suite_path, selection_seed, keep, **execution):
     """Run every cell of a benchmark spec (finished cells are skipped, so a killed run resumes).
 
     Cells run in the spec's order: domain, then defense, attack, threat model and seed; with --executor ray they
-    run in parallel as Ray tasks and the driver appends each record as it comes back.
+    run in parallel as Ray tasks and the driver appends each record as it comes back. With an adversary suite
+    (the spec's `adversaries`, or --adversaries) the worst-case jobs follow, one per domain and defense (the
+    undefended ones first), sharded like the cells.
     """
     from rich.console import Console
     from rich.live import Live
@@ -71,6 +74,13 @@ def bench(spec_path, results, check_csv, tolerance, any_change, dry_run, shard, 
         given = ", ".join(f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None)
         raise UserError(f"{given} only apply to --executor ray")
     spec = load_spec(spec_path, execution.pop("mixed_precision"), parse_metrics(metric_args))
+    if suite_path is not None:
+        from advbench.adversaries import load_suite
+
+        spec.adversaries, spec.selection_seed = load_suite(suite_path), selection_seed
+    if spec.adversaries is not None and executor_name == "ray":
+        raise UserError("worst-case jobs (adversaries) run with --executor local only: a search's rungs depend "
+                        "on each other; run the plain cells on Ray without the suite")
     ray_config = RayConfig(**{**spec.ray, **{k: v for k, v in flags.items() if v is not None}})
     executor = make_executor(executor_name, ray_config, threads)  # no Ray installed: one line, before any work
     results = results or spec.results or f"results/{spec.name}.jsonl"
@@ -80,7 +90,8 @@ def bench(spec_path, results, check_csv, tolerance, any_change, dry_run, shard, 
     store.flush_pending()  # records an earlier run could not write (a full disk) join the file now
     all_ids = [cell_id(cell.to_json()) for cell in spec.cells]
     chosen = [(c, i) for c, i in zip(spec.cells, all_ids) if all(m in c.describe() for m in matches)]
-    if not chosen:
+    jobs = _jobs(spec, matches)[shard_index::shard_count]
+    if not chosen and not jobs:
         raise UserError(f"no cell of {spec_path} matches {' and '.join(map(repr, matches))}; "
                         "see the cell descriptions with --dry-run")
     cells = [c for c, _ in chosen][shard_index::shard_count]
@@ -93,6 +104,7 @@ def bench(spec_path, results, check_csv, tolerance, any_change, dry_run, shard, 
     if dry_run:
         for cell, cid in zip(cells, ids):
             console.print(f"{'done' if cid in done else 'todo'}  {cid}  {escape(cell.describe())}")
+        _list_jobs(console, jobs, spec, store)
         return
     options = run_options(**{**execution, "device": "cpu"}, quiet=True)
     options.device = executor.device(execution["device"])  # on Ray: the workers' device, not this machine's
@@ -117,6 +129,7 @@ def bench(spec_path, results, check_csv, tolerance, any_change, dry_run, shard, 
         if not console.is_terminal:
             console.line()  # rich ends a live table with a newline only on a terminal (not in logs, CI, SLURM)
     console.print(f"{len(ids)} cells finished; results in {results}")
+    _run_jobs(console, jobs, spec, store, options, keep)
     if check_csv:
         from advbench.cli.leaderboard import check_command
 
@@ -126,6 +139,45 @@ def bench(spec_path, results, check_csv, tolerance, any_change, dry_run, shard, 
             raise UserError("--check needs every cell of the spec in the results; run the other shards first")
         if not check_command(records, check_csv, tolerance, any_change=any_change):
             sys.exit(1)
+
+
+def _jobs(spec, matches) -> list:
+    """The spec's worst-case jobs (none without a suite) whose description holds every ``--match`` text."""
+    from advbench.worstcase import jobs_for
+
+    if spec.adversaries is None:
+        return []
+    return [j for j in jobs_for(spec.cells) if all(m in j.describe(spec.adversaries) for m in matches)]
+
+
+def _list_jobs(console, jobs, spec, store) -> None:
+    from rich.markup import escape
+
+    from advbench.worstcase import reported
+
+    records = store.records()
+    for job in jobs:
+        found = reported(records, job, spec.adversaries, spec.selection_seed)
+        status = "done" if len(found) == len(job.seeds) else "todo"
+        console.print(f"{status}  worst-case search  {escape(job.describe(spec.adversaries))}")
+
+
+def _run_jobs(console, jobs, spec, store, options, keep) -> None:
+    """Each job's search and reported cells, a line per job (the search's rungs are in its records)."""
+    import time
+
+    from rich.markup import escape
+
+    from advbench.worstcase import run_job
+
+    for n, job in enumerate(jobs, 1):
+        t0 = time.perf_counter()
+        console.print(f"worst case {n}/{len(jobs)}: {escape(job.describe(spec.adversaries))} ...")
+        records = run_job(job, spec.adversaries, store, options, spec.selection_seed, keep)
+        primary = records[0]["metrics"]["primary"]
+        values = ", ".join(f"seed {r['cell']['seed']}: {r['metrics']['illegal'][primary]:.4g}" for r in records)
+        console.print(f"  strongest adversary {records[0]['cell']['adversary']['id']}; illegal {primary} {values} "
+                      f"({time.perf_counter() - t0:.0f} s)")
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Options shared by ``run`` and ``bench``: where results and caches go, device/precision, added metrics."""
+"""Options shared by ``run``, ``bench`` and ``search``: results and caches, device/precision, added metrics, the
+worst-case search."""
 
 from __future__ import annotations
 
@@ -60,3 +61,23 @@ def run_options(cache_dir, no_cache, device, quiet, **extra):
 
     return RunOptions(cache_dir=cache_dir, use_cache=not no_cache, device=resolve_device(device),
                       progress=not quiet, **extra)
+
+
+def adversary_options(required: bool = False):
+    """--adversaries SUITE.toml, --selection-seed, --keep: the worst-case search (advbench.worstcase)."""
+    def wrap(func):
+        decorators = [
+            click.option("--adversaries", "suite_path", required=required, default=None,
+                         type=click.Path(dir_okay=False),
+                         help="Adversary suite TOML (e.g. benchmarks/adversaries/standard.toml): search it for the "
+                              "strongest adversary against the defense and against no defense, then report it."),
+            click.option("--selection-seed", type=click.IntRange(min=10_000, max=2**32 - 1), default=10_000,
+                         show_default=True,
+                         help="Seed of the search's cells; reported seeds stay below 10000 (no winner's curse)."),
+            click.option("--keep", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.5,
+                         show_default=True, help="Share of the adversaries that go on to the next rung."),
+        ]
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+    return wrap

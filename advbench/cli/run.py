@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from advbench.cells import MAX_SEED
-from advbench.cli.options import execution_options, metric_option, parse_metrics, run_options
+from advbench.cli.options import adversary_options, execution_options, metric_option, parse_metrics, run_options
 from advbench.exposure import BASES
 from advbench.interfaces import THREAT_MODELS
 
@@ -38,11 +38,16 @@ DEFAULT_RESULTS = "results/runs.jsonl"
                    "defense needs to erase).")
 @click.option("--no-baseline", is_flag=True, help="Do not run the undefended cell for the verdict.")
 @metric_option
+@adversary_options()
 @execution_options
 def run(defense, defense_args, attack, attack_args, domain, domain_args, threat_model, seed, model_path,
-        results, budgets, base, no_baseline, metric_args, **execution):
+        results, budgets, base, no_baseline, metric_args, suite_path, selection_seed, keep, **execution):
     """Run one cell: protect, attack each class, generate, score; print the illegal/legal table and a verdict
-    against the undefended model."""
+    against the undefended model.
+
+    With --adversaries SUITE the attack is not one configuration but the suite's strongest against the defense
+    (and, for the comparison, the strongest against no defense), found by successive halving on the selection
+    seed and then run on --seed; the command ends with a one-line worst-case verdict."""
     import time
 
     from advbench.cells import Cell, PluginSpec, check_budgets
@@ -53,6 +58,9 @@ def run(defense, defense_args, attack, attack_args, domain, domain_args, threat_
     from advbench.validation import check_run_outputs
 
     precision = execution.pop("mixed_precision")
+    if suite_path is not None:
+        return _worst_case(defense, defense_args, domain, domain_args, seed, model_path, results, base, no_baseline,
+                           metric_args, suite_path, selection_seed, keep, precision, attack_args, budgets, execution)
     attack_spec = PluginSpec("attack", attack, parse_assignments(attack_args, "--attack-arg"))
     domain_spec = PluginSpec("domain", domain, parse_assignments(domain_args, "--domain-arg"))
     budgets = check_budgets(budgets) if budgets is not None else None
@@ -91,6 +99,47 @@ def run(defense, defense_args, attack, attack_args, domain, domain_args, threat_
         source = f"{seconds:.1f} s, {cached} of {len(base_record['stages'])} stages from the stage cache"
     click.echo(f"undefended baseline: {source}", err=True)
     print_verdict(record, base_record)
+
+
+def _worst_case(defense, defense_args, domain, domain_args, seed, model_path, results, base, no_baseline,
+                metric_args, suite_path, selection_seed, keep, precision, attack_args, budgets, execution) -> None:
+    """``run --adversaries``: the worst-case cells of the defense and of no defense at ``seed``, and the verdict."""
+    from advbench.adversaries import load_suite
+    from advbench.cells import PluginSpec
+    from advbench.cli.tables import print_record
+    from advbench.errors import UserError
+    from advbench.params import parse_assignments
+    from advbench.results import ResultStore
+    from advbench.validation import check_run_outputs
+    from advbench.worstcase import Job, run_job
+
+    if attack_args or budgets:
+        raise UserError("--attack-arg and --budgets do not apply with --adversaries: the suite sets the attacks, "
+                        "their parameters and the budgets; drop them")
+    if no_baseline:
+        raise UserError("--no-baseline does not apply with --adversaries: the worst case is measured against the "
+                        "strongest adversary of the undefended model; drop it")
+    suite = load_suite(suite_path)
+    domain_spec = PluginSpec("domain", domain, parse_assignments(domain_args, "--domain-arg"))
+    defense_spec = PluginSpec("defense", defense, parse_assignments(defense_args, "--defense-arg"))
+    metrics = parse_metrics(metric_args)
+    jobs = [Job(spec, domain_spec, (seed,), base, model_path, precision, metrics)
+            for spec in ([PluginSpec("defense", "none")] + ([defense_spec] if defense != "none" else []))]
+    for job in jobs:  # every mistake before any work
+        job.cell(suite, suite.adversaries[0], seed, selection_seed).validate()
+    check_run_outputs(results, execution["cache_dir"], not execution["no_cache"])
+    store = ResultStore(results)
+    store.finished_ids()  # a corrupt results file is reported before any work
+    store.flush_pending()
+    options = run_options(**execution)
+    found = [run_job(job, suite, store, options, selection_seed, keep) for job in jobs]
+    print_record(found[-1][0])
+    click.echo(f"worst-case records in {results}", err=True)
+    if defense == "none":
+        return
+    from advbench.worstcase import verdict
+
+    click.echo(verdict(found[1], found[0]))
 
 
 def attach(cli: click.Group) -> None:

@@ -2,16 +2,15 @@
 
 The worst-case search of issue 21 on its own (advbench/halving.py): successive halving of the suite's
 adversaries, for the defense and for ``none``, on a selection seed (>= 10000, never a reported seed). It prints
-each rung and the winners, and with ``-o`` writes the whole search as JSON. Scoring the winners on the reported
-seeds (the worst-case leaderboard columns) is not built yet.
+each rung and the winners, and with ``-o`` writes the whole search as JSON. ``run``/``bench --adversaries`` also
+run the winners on the reported seeds (advbench.worstcase).
 """
 
 from __future__ import annotations
 
 import click
 
-from advbench.cells import MAX_SEED
-from advbench.cli.options import execution_options
+from advbench.cli.options import adversary_options, execution_options
 from advbench.exposure import BASES
 
 
@@ -20,12 +19,7 @@ from advbench.exposure import BASES
 @click.option("--defense-arg", "defense_args", multiple=True, metavar="KEY=VALUE", help="Defense parameter.")
 @click.option("--domain", default="portraits", show_default=True, help="Domain plugin.")
 @click.option("--domain-arg", "domain_args", multiple=True, metavar="KEY=VALUE", help="Domain parameter.")
-@click.option("--adversaries", "suite_path", required=True, type=click.Path(dir_okay=False),
-              help="Adversary suite TOML, e.g. benchmarks/adversaries/standard.toml.")
-@click.option("--selection-seed", type=click.IntRange(min=10_000, max=MAX_SEED), default=10_000, show_default=True,
-              help="Seed of the search's cells; reported seeds stay below 10000 (no winner's curse).")
-@click.option("--keep", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.5,
-              show_default=True, help="Share of the candidates that go on to the next rung.")
+@adversary_options(required=True)
 @click.option("--base", type=click.Choice(BASES), default="naive", show_default=True)
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Write the search as JSON.")
 @execution_options
@@ -41,6 +35,7 @@ def search(defense, defense_args, domain, domain_args, suite_path, selection_see
     from advbench.params import parse_assignments
     from advbench.safeio import atomic_write
     from advbench.validation import check_output_file, check_run_outputs
+    from advbench.worstcase import search_summary
 
     precision = execution.pop("mixed_precision")
     suite = load_suite(suite_path)
@@ -56,9 +51,7 @@ def search(defense, defense_args, domain, domain_args, suite_path, selection_see
                "searches": {}}
     for target in targets:
         result, _ = worst_case_search(target, domain_spec, suite, options, selection_seed, keep, base, precision)
-        summary["searches"][target.display_label()] = {
-            "winner": result.winner,
-            "rungs": [{"budget": r.budget, "scores": r.scores, "kept": r.kept} for r in result.rungs]}
+        summary["searches"][target.display_label()] = search_summary(result, selection_seed, keep)
         _print_search(target.display_label(), result)
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)

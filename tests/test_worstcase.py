@@ -1,0 +1,154 @@
+"""Worst-case cells (issue 21): `bench`/`run --adversaries` search on the selection seed, report the winner on
+the other seeds, and the leaderboard compares the defense's strongest adversary with the undefended one's, with
+bootstrap intervals and a verdict in words."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from advbench.adversaries import parse_suite
+from advbench.cells import PluginSpec
+from advbench.results import ResultStore, validate_record
+from advbench.runner import RunOptions
+from advbench.worstcase import Job, jobs_for, run_job
+from tests.test_halving import TINY_SUITE
+from tests.toyworld import ToyPlugin
+
+SPEC = """
+name = "toy-worst"
+seeds = [0, 1]
+adversaries = "{suite}"
+[[domains]]
+name = "toy-images"
+[[defenses]]
+name = "random"
+params = {{ p = 0.5 }}
+[[attacks]]
+name = "fullft"
+params = {{ steps = 2, batch_size = 2 }}
+"""
+
+
+@pytest.fixture
+def cli(temp_plugin):
+    from advbench.cli.main import _attach_commands, cli
+
+    temp_plugin(ToyPlugin(), "toy-plugin")
+    _attach_commands()
+    return cli
+
+
+def _bench(cli, tmp_path, *extra):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY_SUITE)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.format(suite=suite))
+    results = tmp_path / "r.jsonl"
+    out = CliRunner().invoke(cli, ["bench", str(spec), "--results", str(results), "--cache-dir",
+                                   str(tmp_path / "cache"), "--threads", "1", *extra])
+    return out, results
+
+
+def test_bench_reports_each_winner_on_the_seeds_it_was_not_chosen_on(cli, tmp_path):
+    out, results = _bench(cli, tmp_path)
+    assert out.exit_code == 0, out.output
+    records = ResultStore(results).records()
+    worst = [r for r in records if "adversary" in r["cell"]]
+    plain = [r for r in records if "adversary" not in r["cell"]]
+    assert len(plain) == 2  # the spec's own cells: random x fullft x 2 seeds (no undefended cell in the spec)
+    assert sorted((r["cell"]["defense"]["name"], r["cell"]["seed"]) for r in worst) == [
+        ("none", 0), ("none", 1), ("random", 0), ("random", 1)]
+    suite = parse_suite(__import__("tomllib").loads(TINY_SUITE))
+    for rec in worst:
+        adversary, search = rec["cell"]["adversary"], rec["search"]
+        # selection and reporting seeds are disjoint: the search ran on 10000, the record on 0 or 1
+        assert adversary["selection_seed"] == search["selection_seed"] == 10_000 != rec["cell"]["seed"]
+        assert adversary["id"] == search["winner"] == search["rungs"][-1]["kept"][0]
+        assert adversary["fingerprint"] == suite.fingerprint() and adversary["suite"] == "tiny"
+        chosen = next(a for a in suite.adversaries if a.id == adversary["id"])
+        assert rec["cell"]["attack"]["name"] == chosen.attack.name
+        assert rec["cell"]["attack"]["params"] == chosen.attack.resolved_params()
+        assert rec["cell"]["attack"]["label"] == "worst-case[tiny@1]"
+        assert [len(r["scores"]) for r in search["rungs"]] == [3, 2]
+    # the records refuse a reported seed equal to the selection seed
+    bad = json.loads(json.dumps(worst[0]))
+    bad["cell"]["seed"] = 10_000
+    with pytest.raises(ValueError, match="selection_seed must differ"):
+        validate_record(bad)
+    # a rerun finds every job done: nothing is searched or appended
+    again, _ = _bench(cli, tmp_path, "--dry-run")
+    assert again.output.count("done  worst-case search") == 2 and "todo" not in again.output
+    before = results.read_bytes()
+    rerun, _ = _bench(cli, tmp_path)
+    assert rerun.exit_code == 0 and results.read_bytes() == before
+
+
+def test_leaderboard_worst_case_rows_pair_the_two_strongest_adversaries(cli, tmp_path):
+    from advbench.leaderboard import build_leaderboard
+
+    out, results = _bench(cli, tmp_path)
+    assert out.exit_code == 0, out.output
+    df = build_leaderboard(ResultStore(results).records())
+    worst = df[df["attack"] == "worst-case[tiny@1]"]
+    assert set(worst["threat_model"]) == {"any"} and len(worst) == 2
+    defended = worst[worst["defense"] == "random(p=0.5)"].iloc[0]
+    assert defended["baseline_matched"] == "per-seed" and defended["adversary"]
+    assert defended["ci_over"] == "2 seeds and images"
+    low, high = defended["mitigation_power_ci_low"], defended["mitigation_power_ci_high"]
+    assert low <= defended["mitigation_power_mean"] <= high
+    assert defended["mitigates"].startswith("yes" if low > 0 else "no" if high < 0 else "not shown")
+    plain = df[df["attack"] != "worst-case[tiny@1]"]
+    assert plain["mitigation_power_ci_low"].isna().all()  # intervals only where asked (worst-case rows)
+    every = build_leaderboard(ResultStore(results).records(), intervals="all")
+    paired = every[(every["defense"] != "none") & (every["baseline_matched"] == "per-seed")]
+    assert len(paired) == 1 and paired["mitigation_power_ci_low"].notna().all()
+    unpaired = every[every["baseline_matched"] == "missing"]  # the spec's own cells had no undefended cell
+    assert len(unpaired) == 1 and unpaired["mitigation_power_ci_low"].isna().all()
+
+
+def test_run_with_adversaries_ends_with_a_worst_case_verdict(cli, tmp_path):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY_SUITE)
+    args = ["run", "--defense", "random", "--defense-arg", "p=0.5", "--domain", "toy-images", "--adversaries",
+            str(suite), "--seed", "3", "--results", str(tmp_path / "r.jsonl"), "--cache-dir", str(tmp_path / "c"),
+            "--device", "cpu", "--quiet"]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    line = out.output.strip().splitlines()[-1]
+    assert line.startswith("worst case (worst-case[tiny@1]): MP ") and "95% CI" in line and "mitigates: " in line
+    records = ResultStore(tmp_path / "r.jsonl").records()
+    assert [(r["cell"]["defense"]["name"], r["cell"]["seed"]) for r in records] == [("none", 3), ("random", 3)]
+    bad = CliRunner().invoke(cli, [*args, "--attack-arg", "lr=1"])
+    assert bad.exit_code == 2 and "do not apply with --adversaries" in bad.output
+
+
+def test_jobs_cover_each_defense_and_the_undefended_model_once(temp_plugin):
+    from advbench.spec import load_spec  # noqa: F401  (jobs come from a spec's cells)
+    from advbench.cells import Cell
+
+    temp_plugin(ToyPlugin(), "toy-plugin")
+    attack = PluginSpec("attack", "fullft", {"steps": 2, "batch_size": 2})
+    cells = [Cell(PluginSpec("defense", d, p), attack, PluginSpec("domain", "toy"), seed=s)
+             for d, p in (("random", {"p": 0.5}), ("random", {"p": 0.3})) for s in (2, 0)]
+    jobs = jobs_for(cells)
+    assert [(j.defense.display_label(), j.seeds) for j in jobs] == [
+        ("none", (0, 2)), ("random(p=0.5)", (0, 2)), ("random(p=0.3)", (0, 2))]
+
+
+def test_a_killed_search_resumes_from_the_stage_cache(temp_plugin, tmp_path, monkeypatch):
+    """Interrupted after the reported cells' search: the rerun trains no step again (all rungs are cached)."""
+    import advbench.finetune as ft
+    import tomllib
+
+    temp_plugin(ToyPlugin(), "toy-plugin")
+    suite = parse_suite(tomllib.loads(TINY_SUITE))
+    job = Job(PluginSpec("defense", "none"), PluginSpec("domain", "toy-images"), (0,))
+    options = RunOptions(cache_dir=tmp_path / "c", progress=False)
+    run_job(job, suite, None, options, 10_000)  # no store: a search and a cell whose records were lost
+    steps = []
+    real_step = ft.Trainer.step
+    monkeypatch.setattr(ft.Trainer, "step", lambda self, *a, **kw: steps.append(a[-1]) or real_step(self, *a, **kw))
+    records = run_job(job, suite, ResultStore(tmp_path / "r.jsonl"), options, 10_000)
+    assert steps == [] and len(records) == 1 and np.isfinite(records[0]["metrics"]["illegal"]["toy-image-brightness"])
