@@ -352,6 +352,10 @@ def to_markdown(df: pd.DataFrame) -> str:
     if _has_curves(df):
         lines += ["", "Anytime curve columns:", ""]
         lines += [f"- **{name}**: {text} ([definition]({DEFINITIONS}#{anchor}))" for name, anchor, text in CURVE_LEGEND]
+    from advbench.headline import headline_lines
+
+    headline = headline_lines(df)
+    lines += ["", *headline] if headline else []
     for domain, part in df.groupby("domain", sort=False):
         names = [n for n in _metric_names(part)
                  if part[[f"illegal_{n}_mean", f"legal_{n}_mean"]].notna().any().any()]

@@ -165,3 +165,31 @@ def plot_leaderboard(df: pd.DataFrame, path: str | Path) -> Path:
         ax.set(title=domain, ylabel="relative change of the primary metric")
         ax.legend(fontsize="small")
     return save(fig, path)
+
+
+def plot_sensitivity(records: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Per defense and domain (one panel each): mitigation power against the attacker's learning-rate multiplier,
+    one line per attack ladder of the adversary suite, at the search's first rung (every adversary scored there
+    against the defense and against no defense; :func:`advbench.headline.sensitivity_points`). None when the
+    records hold no worst-case search."""
+    from advbench.headline import sensitivity_points
+
+    points = sensitivity_points(records)
+    if not points:
+        return None
+    panels: dict[tuple, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for p in points:
+        panels[(p["domain"], p["defense"], p["suite"], p["budget"])][p["ladder"]].append(
+            (p["multiplier"], p["mitigation_power"]))
+    fig, axes = figure(len(panels), 7.5, 3.2)
+    for ax, ((domain, defense, suite, budget), ladders) in zip(axes, sorted(panels.items())):
+        for ladder, xy in sorted(ladders.items()):
+            xy.sort()
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=ladder)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("learning rate × the attack's default")
+        ax.set_ylabel(f"MP @{budget} steps")
+        ax.set_title(f"{domain} | {defense} vs each adversary of {suite}", fontsize=9)
+        ax.legend(fontsize=7, ncols=2)
+    return save(fig, path)

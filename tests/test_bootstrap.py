@@ -68,3 +68,31 @@ def test_one_seed_still_has_image_noise_and_bad_input_is_refused():
         hierarchical_bootstrap(TABLE, _mp, confidence=1.0)
     with pytest.raises(ValueError, match="n_resamples"):
         hierarchical_bootstrap(TABLE, _mp, n_resamples=0)
+
+
+def _record(illegal, legal, seed, defense):
+    """A one-budget record with one illegal and one legal class and their per-image identity distances."""
+    classes = {"a": {"role": "illegal", "values": {"d": float(np.mean(illegal))}, "per_image": {"d": list(illegal)}},
+               "b": {"role": "legal", "values": {"d": float(np.mean(legal))}, "per_image": {"d": list(legal)}}}
+    point = {"budget": 10, "classes": classes, "illegal": {"d": float(np.mean(illegal))},
+             "legal": {"d": float(np.mean(legal))}}
+    return {"cell_id": f"{defense}{seed}", "cell": {"seed": seed, "budgets": [10], "attack": {"params": {"steps": 10}}},
+            "metrics": {"primary": "d", "higher_is_better": {"d": False}, "curve": [point], **point}}
+
+
+def test_row_intervals_equal_the_two_level_bootstrap_of_the_same_draws():
+    """The leaderboard's MP interval on a hand-made table is hierarchical_bootstrap's on the per-image arrays,
+    drawn in the same order (per seed: illegal defended, illegal undefended, legal defended, legal undefended)."""
+    from advbench.intervals import row_intervals
+
+    legal = [np.array([0.1, 0.2, 0.15]), np.array([0.12, 0.11]), np.array([0.2, 0.1, 0.3, 0.2])]
+    pairs = [(_record(d, legal[s], s, "x"), _record(b, legal[s] * 0.9, s, "none"))
+             for s, (d, b) in enumerate(TABLE)]
+    got = row_intervals(pairs, "d", higher_is_better=False, n_resamples=400, seed=3)
+    groups = [(d, b, legal[s], legal[s] * 0.9) for s, (d, b) in enumerate(TABLE)]
+    want = hierarchical_bootstrap(groups, lambda d, b, *_: _mp(d, b), n_resamples=400, seed=3)
+    assert (got["mitigation_power_ci_low"], got["mitigation_power_ci_high"]) == pytest.approx((want.low, want.high))
+    li = hierarchical_bootstrap(groups, lambda d, b, ld, lb: _mp(ld, lb), n_resamples=400, seed=3)
+    assert (got["legal_impact_ci_low"], got["legal_impact_ci_high"]) == pytest.approx((li.low, li.high))
+    assert got["ci_over"] == "3 seeds and images" and got["mitigates"].startswith("yes")
+    assert np.isnan(got["illegal_delay_ci_low"])  # one budget: no delay

@@ -23,6 +23,8 @@ adversaries = "{suite}"
 [[domains]]
 name = "toy-images"
 [[defenses]]
+name = "none"
+[[defenses]]
 name = "random"
 params = {{ p = 0.5 }}
 [[attacks]]
@@ -57,7 +59,7 @@ def test_bench_reports_each_winner_on_the_seeds_it_was_not_chosen_on(cli, tmp_pa
     records = ResultStore(results).records()
     worst = [r for r in records if "adversary" in r["cell"]]
     plain = [r for r in records if "adversary" not in r["cell"]]
-    assert len(plain) == 2  # the spec's own cells: random x fullft x 2 seeds (no undefended cell in the spec)
+    assert len(plain) == 4  # the spec's own cells: (none, random) x fullft x 2 seeds
     assert sorted((r["cell"]["defense"]["name"], r["cell"]["seed"]) for r in worst) == [
         ("none", 0), ("none", 1), ("random", 0), ("random", 1)]
     suite = parse_suite(__import__("tomllib").loads(TINY_SUITE))
@@ -102,10 +104,9 @@ def test_leaderboard_worst_case_rows_pair_the_two_strongest_adversaries(cli, tmp
     plain = df[df["attack"] != "worst-case[tiny@1]"]
     assert plain["mitigation_power_ci_low"].isna().all()  # intervals only where asked (worst-case rows)
     every = build_leaderboard(ResultStore(results).records(), intervals="all")
-    paired = every[(every["defense"] != "none") & (every["baseline_matched"] == "per-seed")]
-    assert len(paired) == 1 and paired["mitigation_power_ci_low"].notna().all()
-    unpaired = every[every["baseline_matched"] == "missing"]  # the spec's own cells had no undefended cell
-    assert len(unpaired) == 1 and unpaired["mitigation_power_ci_low"].isna().all()
+    defended = every[every["defense"] != "none"]
+    assert len(defended) == 2 and defended["mitigation_power_ci_low"].notna().all()
+    assert every[every["defense"] == "none"]["mitigation_power_ci_low"].isna().all()  # a baseline has no MP
 
 
 def test_run_with_adversaries_ends_with_a_worst_case_verdict(cli, tmp_path):
@@ -152,3 +153,21 @@ def test_a_killed_search_resumes_from_the_stage_cache(temp_plugin, tmp_path, mon
     monkeypatch.setattr(ft.Trainer, "step", lambda self, *a, **kw: steps.append(a[-1]) or real_step(self, *a, **kw))
     records = run_job(job, suite, ResultStore(tmp_path / "r.jsonl"), options, 10_000)
     assert steps == [] and len(records) == 1 and np.isfinite(records[0]["metrics"]["illegal"]["toy-image-brightness"])
+
+
+def test_markdown_headline_and_sensitivity_plot(cli, tmp_path):
+    from advbench.headline import sensitivity_points
+
+    out, results = _bench(cli, tmp_path)
+    assert out.exit_code == 0, out.output
+    board = CliRunner().invoke(cli, ["leaderboard", str(results), "--format", "md", "--output-dir",
+                                     str(tmp_path / "lb"), "--plot"])
+    assert board.exit_code == 0, board.output
+    md = (tmp_path / "lb" / "r.md").read_text()
+    assert "## Worst case: each defense under its strongest adversary" in md
+    row = next(line for line in md.splitlines() if line.startswith("| toy-images | random(p=0.5) | worst-case"))
+    assert "@lr×" in row and "(fullft(batch_size=2,steps=2), compliant)" in row  # the adversary, and the default attack's MP beside it
+    assert (tmp_path / "lb" / "r-sensitivity.png").stat().st_size > 1000
+    points = sensitivity_points(ResultStore(results).records())
+    assert sorted(p["adversary"] for p in points) == ["fullft@lr×0.5", "fullft@lr×8", "lora@lr×1"]
+    assert {p["budget"] for p in points} == {1} and all(np.isfinite(p["mitigation_power"]) for p in points)

@@ -105,7 +105,7 @@ def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, t
     """Print the leaderboard of RESULTS (a results .jsonl): one row per domain, defense, attack and threat model."""
     from advbench.curves import record_curve
     from advbench.leaderboard import build_leaderboard, to_csv, to_markdown, write_leaderboard
-    from advbench.plots import plot_budget_curves, plot_curves, plot_leaderboard
+    from advbench.plots import plot_budget_curves, plot_curves, plot_leaderboard, plot_sensitivity
 
     from advbench.validation import check_output_dir, check_tolerance
 
@@ -133,6 +133,9 @@ def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, t
                 written.append(plot_budget_curves(records, Path(output_dir) / f"{name}-budget.png", budget_param))
             else:
                 click.echo(f"budget plot skipped: fewer than two values of attack parameter '{budget_param}'", err=True)
+            sensitivity = plot_sensitivity(records, Path(output_dir) / f"{name}-sensitivity.png")
+            if sensitivity is not None:
+                written.append(sensitivity)
         click.echo("wrote " + ", ".join(str(p) for p in written), err=True)
     if check_csv and not check_command(records, check_csv, tolerance, any_change=any_change):
         sys.exit(1)
