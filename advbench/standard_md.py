@@ -123,6 +123,10 @@ def standard_markdown(df: pd.DataFrame) -> str:
              "baseline); the CSV beside this file has every column at full precision (MP and LI at every budget, "
              "all metrics, provenance per row).", ""]
     lines += _legend(fid_kid, human)
+    from advbench.headline import headline_lines
+
+    headline = headline_lines(df)
+    lines += ["", *headline] if headline else []
     for domain, part in df.groupby("domain", sort=False):
         primaries = list(dict.fromkeys(part["primary_metric"]))
         names = _fid_kid(part)

@@ -34,12 +34,24 @@ params = {{ steps = 2, batch_size = 2 }}
 
 
 @pytest.fixture
-def cli(temp_plugin):
+def cli(grid):
+    """The CLI with the toy plugin registered (by ``grid``, which every test here shares)."""
+    return grid[0]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """The spec run once for the tests that only read its results: (cli, tmp folder, results path)."""
+    from advbench import plugins
     from advbench.cli.main import _attach_commands, cli
 
-    temp_plugin(ToyPlugin(), "toy-plugin")
+    plugins.register_plugin(ToyPlugin(), "toy-plugin-grid")
     _attach_commands()
-    return cli
+    tmp_path = tmp_path_factory.mktemp("worst")
+    out, results = _bench(cli, tmp_path)
+    assert out.exit_code == 0, out.output
+    yield cli, tmp_path, results
+    plugins.unregister_plugin("toy-plugin-grid")
 
 
 def _bench(cli, tmp_path, *extra):
@@ -53,9 +65,8 @@ def _bench(cli, tmp_path, *extra):
     return out, results
 
 
-def test_bench_reports_each_winner_on_the_seeds_it_was_not_chosen_on(cli, tmp_path):
-    out, results = _bench(cli, tmp_path)
-    assert out.exit_code == 0, out.output
+def test_bench_reports_each_winner_on_the_seeds_it_was_not_chosen_on(grid):
+    cli, tmp_path, results = grid
     records = ResultStore(results).records()
     worst = [r for r in records if "adversary" in r["cell"]]
     plain = [r for r in records if "adversary" not in r["cell"]]
@@ -87,11 +98,10 @@ def test_bench_reports_each_winner_on_the_seeds_it_was_not_chosen_on(cli, tmp_pa
     assert rerun.exit_code == 0 and results.read_bytes() == before
 
 
-def test_leaderboard_worst_case_rows_pair_the_two_strongest_adversaries(cli, tmp_path):
+def test_leaderboard_worst_case_rows_pair_the_two_strongest_adversaries(grid):
     from advbench.leaderboard import build_leaderboard
 
-    out, results = _bench(cli, tmp_path)
-    assert out.exit_code == 0, out.output
+    _, _, results = grid
     df = build_leaderboard(ResultStore(results).records())
     worst = df[df["attack"] == "worst-case[tiny@1]"]
     assert set(worst["threat_model"]) == {"any"} and len(worst) == 2
@@ -125,11 +135,9 @@ def test_run_with_adversaries_ends_with_a_worst_case_verdict(cli, tmp_path):
     assert bad.exit_code == 2 and "do not apply with --adversaries" in bad.output
 
 
-def test_jobs_cover_each_defense_and_the_undefended_model_once(temp_plugin):
-    from advbench.spec import load_spec  # noqa: F401  (jobs come from a spec's cells)
+def test_jobs_cover_each_defense_and_the_undefended_model_once(grid):
     from advbench.cells import Cell
 
-    temp_plugin(ToyPlugin(), "toy-plugin")
     attack = PluginSpec("attack", "fullft", {"steps": 2, "batch_size": 2})
     cells = [Cell(PluginSpec("defense", d, p), attack, PluginSpec("domain", "toy"), seed=s)
              for d, p in (("random", {"p": 0.5}), ("random", {"p": 0.3})) for s in (2, 0)]
@@ -138,12 +146,11 @@ def test_jobs_cover_each_defense_and_the_undefended_model_once(temp_plugin):
         ("none", (0, 2)), ("random(p=0.5)", (0, 2)), ("random(p=0.3)", (0, 2))]
 
 
-def test_a_killed_search_resumes_from_the_stage_cache(temp_plugin, tmp_path, monkeypatch):
+def test_a_killed_search_resumes_from_the_stage_cache(grid, tmp_path, monkeypatch):
     """Interrupted after the reported cells' search: the rerun trains no step again (all rungs are cached)."""
     import advbench.finetune as ft
     import tomllib
 
-    temp_plugin(ToyPlugin(), "toy-plugin")
     suite = parse_suite(tomllib.loads(TINY_SUITE))
     job = Job(PluginSpec("defense", "none"), PluginSpec("domain", "toy-images"), (0,))
     options = RunOptions(cache_dir=tmp_path / "c", progress=False)
@@ -155,11 +162,10 @@ def test_a_killed_search_resumes_from_the_stage_cache(temp_plugin, tmp_path, mon
     assert steps == [] and len(records) == 1 and np.isfinite(records[0]["metrics"]["illegal"]["toy-image-brightness"])
 
 
-def test_markdown_headline_and_sensitivity_plot(cli, tmp_path):
+def test_markdown_headline_and_sensitivity_plot(grid):
     from advbench.headline import sensitivity_points
 
-    out, results = _bench(cli, tmp_path)
-    assert out.exit_code == 0, out.output
+    cli, tmp_path, results = grid
     board = CliRunner().invoke(cli, ["leaderboard", str(results), "--format", "md", "--output-dir",
                                      str(tmp_path / "lb"), "--plot"])
     assert board.exit_code == 0, board.output
@@ -171,3 +177,15 @@ def test_markdown_headline_and_sensitivity_plot(cli, tmp_path):
     points = sensitivity_points(ResultStore(results).records())
     assert sorted(p["adversary"] for p in points) == ["fullft@lr×0.5", "fullft@lr×8", "lora@lr×1"]
     assert {p["budget"] for p in points} == {1} and all(np.isfinite(p["mitigation_power"]) for p in points)
+
+
+def test_standard_leaderboard_keeps_the_worst_case_rows_and_headline(grid):
+    from advbench.standard import build_standard
+    from advbench.standard_md import standard_markdown
+
+    _, _, results = grid
+    df = build_standard(ResultStore(results).records())
+    worst = df[df["threat_model"] == "any"]
+    assert sorted(worst["defense"]) == ["none", "random(p=0.5)"]
+    assert worst[worst["defense"] != "none"]["rank"].tolist() == [1]  # ranked among its own (worst-case) group
+    assert "## Worst case: each defense under its strongest adversary" in standard_markdown(df)
