@@ -56,31 +56,39 @@ def _lowest_default(df: pd.DataFrame, domain: str, defense: str) -> str:
     return f"{low['mitigation_power_mean']:.3g} ({low['attack']}, {low['threat_model']})"
 
 
-def headline_lines(df: pd.DataFrame) -> list[str]:
-    """Markdown lines of the headline table (empty when the leaderboard has no worst-case rows)."""
+HEADER = ["domain", "defense", "suite", "seeds", "worst-case MP ↑", "95% CI", "MP-AUC [95% CI]",
+          "illegal delay [95% CI]", "legal impact", "strongest adversary", "strongest vs undefended",
+          "lowest default-attack MP", "mitigates?"]
+INTRO = ("The strongest adversary of the suite against the defense, compared with the strongest against the "
+         "undefended model, both chosen by successive halving on the selection seed and reported on other seeds "
+         "(docs/adversaries.md). Intervals: 95 % two-level bootstrap over seeds and generated images. A defense "
+         "mitigates only where the interval of its worst-case MP lies above 0.")
+
+
+def headline_rows(df: pd.DataFrame) -> list[list[str]]:
+    """The headline table's rows (texts in ``HEADER`` order), one per worst-case defended row of ``df``."""
     worst = worst_rows(df)
-    defended = worst[worst["defense"] != BASELINE]
-    if defended.empty:
-        return []
-    header = ["domain", "defense", "suite", "seeds", "worst-case MP ↑", "95% CI", "MP-AUC [95% CI]",
-              "illegal delay [95% CI]", "legal impact", "strongest adversary", "strongest vs undefended",
-              "lowest default-attack MP", "mitigates?"]
-    lines = ["## Worst case: each defense under its strongest adversary", "",
-             "The strongest adversary of the suite against the defense, compared with the strongest against the "
-             "undefended model, both chosen by successive halving on the selection seed and reported on other seeds "
-             "(docs/adversaries.md). Intervals: 95 % two-level bootstrap over seeds and generated images. A defense "
-             "mitigates only where the interval of its worst-case MP lies above 0.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in defended.iterrows():
+    rows = []
+    for _, row in worst[worst["defense"] != BASELINE].iterrows():
         base = worst[(worst["domain"] == row["domain"]) & (worst["attack"] == row["attack"])
                      & (worst["defense"] == BASELINE)]
-        cells = [row["domain"], row["defense"], row["attack"], row["n_seeds"], _value(row["mitigation_power_mean"]),
-                 _interval(row, "mitigation_power"), f"{_value(row['mp_auc_mean'])} {_interval(row, 'mp_auc')}",
-                 f"{_delay(row)} {_interval(row, 'illegal_delay')}",
-                 _value(row["legal_impact_mean"]), row["adversary"],
-                 base.iloc[0]["adversary"] if len(base) else "missing",
-                 _lowest_default(df, row["domain"], row["defense"]), row.get("mitigates", "")]
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+        rows.append([str(c) for c in (
+            row["domain"], row["defense"], row["attack"], row["n_seeds"], _value(row["mitigation_power_mean"]),
+            _interval(row, "mitigation_power"), f"{_value(row['mp_auc_mean'])} {_interval(row, 'mp_auc')}",
+            f"{_delay(row)} {_interval(row, 'illegal_delay')}", _value(row["legal_impact_mean"]), row["adversary"],
+            base.iloc[0]["adversary"] if len(base) else "missing", _lowest_default(df, row["domain"], row["defense"]),
+            row.get("mitigates", ""))])
+    return rows
+
+
+def headline_lines(df: pd.DataFrame) -> list[str]:
+    """Markdown lines of the headline table (empty when the leaderboard has no worst-case rows)."""
+    rows = headline_rows(df)
+    if not rows:
+        return []
+    lines = ["## Worst case: each defense under its strongest adversary", "", INTRO, "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in rows]
     return lines + [""]
 
 

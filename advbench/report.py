@@ -315,7 +315,10 @@ def render(records: list[dict[str, Any]], df: pd.DataFrame, sources: list[tuple[
     rank_by = [score_name(v) for v in dict.fromkeys(df.get("rank_by", pd.Series(dtype=str)).dropna()) if v]
     env = jinja2.Environment(loader=jinja2.PackageLoader("advbench", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    from advbench.headline import HEADER, INTRO, headline_rows
+
     return env.get_template("report.html.j2").render(
+        headline={"columns": HEADER, "rows": headline_rows(df), "intro": INTRO},
         title=title, table=table(df, added_metrics(records)), domains=domains, grid_columns=GRID_COLUMNS, rank_by=rank_by,
         ratings=bool(rating_columns(df)), definitions=definitions_href, provenance=provenance(sources, records),
         cache=str(cache_dir))

@@ -189,3 +189,12 @@ def test_standard_leaderboard_keeps_the_worst_case_rows_and_headline(grid):
     assert sorted(worst["defense"]) == ["none", "random(p=0.5)"]
     assert worst[worst["defense"] != "none"]["rank"].tolist() == [1]  # ranked among its own (worst-case) group
     assert "## Worst case: each defense under its strongest adversary" in standard_markdown(df)
+
+
+def test_report_opens_with_the_worst_case_table(grid, tmp_path):
+    from advbench.report import write_report
+
+    _, _, results = grid
+    html = write_report([results], tmp_path / "report.html").read_text()
+    assert 'id="worst-case-table"' in html and html.index("worst-case-table") < html.index("leaderboard-table")
+    assert "random(p=0.5)" in html.split('id="worst-case-table"')[1].split("</table>")[0]
