@@ -14,6 +14,7 @@ that wins the last rung has its whole curve in the stage cache; ``run_cell`` on 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ class Rung:
     budget: int
     scores: dict[str, float]
     kept: list[str]
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)  # wall-clock per candidate (training from the last rung)
 
 
 @dataclass
@@ -64,11 +66,15 @@ def successive_halving(candidates: Sequence[str], budgets: Sequence[int], score:
 
     result, alive = Halving(), names
     for i, budget in enumerate(budgets):
-        scores = {name: float(score(name, budget)) for name in alive}
+        scores, seconds = {}, {}
+        for name in alive:
+            t0 = time.perf_counter()
+            scores[name] = float(score(name, budget))
+            seconds[name] = round(time.perf_counter() - t0, 3)
         ranked = sorted(alive, key=lambda n: strength(n, scores))
         last = i == len(budgets) - 1
         alive = ranked[:1] if last else ranked[:max(1, math.ceil(keep * len(ranked)))]
-        result.rungs.append(Rung(budget, scores, alive))
+        result.rungs.append(Rung(budget, scores, alive, seconds))
     return result
 
 

@@ -79,9 +79,17 @@ def reported(records: list[dict[str, Any]], job: Job, suite: Any, selection_seed
 
 
 def search_summary(result: Any, selection_seed: int, keep: float) -> dict[str, Any]:
-    """The record's ``search``: the selection seed, the share kept per rung, every rung's scores, the winner."""
-    return {"selection_seed": selection_seed, "keep": keep, "winner": result.winner,
-            "rungs": [{"budget": r.budget, "scores": r.scores, "kept": r.kept} for r in result.rungs]}
+    """The record's ``search``: the selection seed, the share kept per rung, every rung's scores and seconds per
+    candidate (training from the previous rung, sampling and scoring; stages found in the cache cost ~0), the
+    winner, and the steps trained per illegal class."""
+    steps, last = 0, 0
+    for rung in result.rungs:
+        steps += len(rung.scores) * (rung.budget - last)
+        last = rung.budget
+    return {"selection_seed": selection_seed, "keep": keep, "winner": result.winner, "steps_per_class": steps,
+            "seconds": round(sum(sum(r.seconds.values()) for r in result.rungs), 1),
+            "rungs": [{"budget": r.budget, "scores": r.scores, "kept": r.kept, "seconds": r.seconds}
+                      for r in result.rungs]}
 
 
 def run_job(job: Job, suite: Any, store: Any, options: Any, selection_seed: int, keep: float = 0.5,

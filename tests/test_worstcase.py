@@ -85,6 +85,8 @@ def test_bench_reports_each_winner_on_the_seeds_it_was_not_chosen_on(grid):
         assert rec["cell"]["attack"]["params"] == chosen.attack.resolved_params()
         assert rec["cell"]["attack"]["label"] == "worst-case[tiny@1]"
         assert [len(r["scores"]) for r in search["rungs"]] == [3, 2]
+        assert search["steps_per_class"] == 3 * 1 + 2 * 1  # 3 adversaries to step 1, the kept 2 on to step 2
+        assert set(search["rungs"][0]["seconds"]) == set(search["rungs"][0]["scores"]) and search["seconds"] >= 0
     # the records refuse a reported seed equal to the selection seed
     bad = json.loads(json.dumps(worst[0]))
     bad["cell"]["seed"] = 10_000
