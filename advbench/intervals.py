@@ -6,7 +6,8 @@ undefended images independently), then recomputes the row's numbers exactly as t
 at the last budget and MP-AUC as means over seeds of the per-seed values, the illegal delay factor from the
 seed-mean curves (:mod:`advbench.bootstrap`, two-level percentile bootstrap). Records without per-image values
 (made before they were recorded) contribute their class means only, so their intervals cover the seeds alone;
-``ci_over`` says which. A row mitigates, in words, only where the interval of its MP lies above 0.
+``ci_over`` says which; a row of one such seed has no interval at all. A row mitigates, in words, only where
+the interval of its MP lies above 0.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def row_intervals(pairs: list[tuple[dict[str, Any], dict[str, Any]]], primary: s
                     if len(groups) == 0:
                         layout += [(i * 4 + r * 2 + w)] * len(found)
         groups.append(arrays)
+    if not images and len(pairs) < 2:  # nothing to resample: one seed's class means are one number each
+        return {**{c: np.nan for c in COLUMNS if c.endswith(("low", "high"))}, "ci_over": "1 seed, no images",
+                "mitigates": "undetermined: one seed without per-image values"}
     slots = np.array(layout)
     counts = np.bincount(slots, minlength=4 * len(budgets))
 

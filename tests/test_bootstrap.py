@@ -96,3 +96,17 @@ def test_row_intervals_equal_the_two_level_bootstrap_of_the_same_draws():
     assert (got["legal_impact_ci_low"], got["legal_impact_ci_high"]) == pytest.approx((li.low, li.high))
     assert got["ci_over"] == "3 seeds and images" and got["mitigates"].startswith("yes")
     assert np.isnan(got["illegal_delay_ci_low"])  # one budget: no delay
+
+
+def test_one_seed_without_per_image_values_has_no_interval():
+    from advbench.intervals import row_intervals
+
+    d, b = _record(TABLE[0][0], TABLE[0][1], 0, "x"), _record(TABLE[0][1], TABLE[0][1], 0, "none")
+    for rec in (d, b):
+        for row in rec["metrics"]["classes"].values():
+            del row["per_image"]
+    got = row_intervals([(d, b)], "d", higher_is_better=False)
+    assert np.isnan(got["mitigation_power_ci_low"]) and got["mitigates"].startswith("undetermined")
+    with_images = row_intervals([(_record(TABLE[0][0], TABLE[0][1], 0, "x"),
+                                  _record(TABLE[0][1], TABLE[0][1], 0, "none"))], "d", higher_is_better=False)
+    assert with_images["ci_over"] == "1 seed and images" and with_images["mitigation_power_ci_low"] > 0
