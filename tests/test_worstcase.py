@@ -200,3 +200,18 @@ def test_report_opens_with_the_worst_case_table(grid, tmp_path):
     html = write_report([results], tmp_path / "report.html").read_text()
     assert 'id="worst-case-table"' in html and html.index("worst-case-table") < html.index("leaderboard-table")
     assert "random(p=0.5)" in html.split('id="worst-case-table"')[1].split("</table>")[0]
+
+
+def test_leaderboard_command_puts_intervals_where_asked(grid, tmp_path):
+    import io
+
+    import pandas as pd
+
+    cli, _, results = grid
+    rows = {}
+    for choice in ("none", "worst-case", "all"):
+        out = CliRunner().invoke(cli, ["leaderboard", str(results), "--format", "csv", "--intervals", choice])
+        assert out.exit_code == 0, out.output
+        df = pd.read_csv(io.StringIO(out.output))
+        rows[choice] = int(df["mitigation_power_ci_low"].notna().sum())
+    assert rows == {"none": 0, "worst-case": 1, "all": 2}

@@ -101,7 +101,10 @@ def leaderboard_group():
               help="Allowed absolute drop of mitigation power (and MP-AUC) / rise of legal impact for --check.")
 @click.option("--any-change", is_flag=True,
               help="With --check: flag moves in either direction, and of the primary metric's values (relative).")
-def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, tolerance, any_change):
+@click.option("--intervals", type=click.Choice(["worst-case", "all", "none"]), default="worst-case",
+              show_default=True,
+              help="Which defended rows get 95% bootstrap intervals (about half a second per row).")
+def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, tolerance, any_change, intervals):
     """Print the leaderboard of RESULTS (a results .jsonl): one row per domain, defense, attack and threat model."""
     from advbench.curves import record_curve
     from advbench.leaderboard import build_leaderboard, to_csv, to_markdown, write_leaderboard
@@ -119,7 +122,7 @@ def leaderboard(results, fmt, output_dir, name, plot, budget_param, check_csv, t
 
         read_baseline(Path(check_csv))
     records = load_records(results)
-    df = build_leaderboard(records)
+    df = build_leaderboard(records, intervals)
     click.echo(to_markdown(df) if fmt == "md" else to_csv(df), nl=False)
     if output_dir:
         name = name or Path(results).stem
