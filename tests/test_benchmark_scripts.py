@@ -80,3 +80,26 @@ def test_bench_protect_reads_the_built_protect_stages_of_a_results_file(tmp_path
     with pytest.raises(SystemExit):
         bench.main(["--defense", "imma", "--from", str(path)])
     assert "not both" in capsys.readouterr().err
+
+
+def test_curve_table_rows_carry_seed_intervals_and_the_verdict():
+    table = load("curve_table")
+    records = [rec("none", "fullft", s, 0.9, d) for s, d in ((0, 0.40), (1, 0.42), (2, 0.38))] + \
+        [rec("guard", "fullft", s, 0.5, d) for s, d in ((0, 0.60), (1, 0.66), (2, 0.57))]
+    df = build_leaderboard(records, intervals="all")
+    lines = table.domain_table(df, df["domain"].iloc[0])
+    row = next(line for line in lines if line.startswith("| guard vs fullft"))
+    mp = df[df["defense"] == "guard"].iloc[0]
+    assert f"+{mp['mitigation_power_mean']:.2f} [+{mp['mitigation_power_ci_low']:.2f}, " in row
+    assert "0.90 → 0.50" in row and row.rstrip(" |").endswith("lies above 0")
+
+
+def test_search_cost_counts_the_steps_of_every_rung():
+    from advbench.adversaries import parse_suite
+
+    cost = load("search_cost")
+    suite = parse_suite({"id": "s", "version": 1, "steps": 200, "budgets": [25, 50, 100, 200],
+                         "lr_multipliers": [0.5, 1, 2, 4, 8],
+                         "ladders": [{"attack": "fullft"}, {"attack": "lora"}, {"attack": "dreambooth"},
+                                     {"attack": "dreambooth-lora"}, {"attack": "textual-inversion"}]})
+    assert len(suite.adversaries) == 25 and cost.search_steps(suite) == 25 * 25 + 13 * 25 + 7 * 50 + 4 * 100
