@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate the standard leaderboard (leaderboards/standard.{csv,md}, `advbench leaderboard merge`) and its report
-# (leaderboards/report.html, docs/report.md) from the committed results files: the same files for both, which
+# (leaderboards/report.html, docs/report.md) and the README excerpt from the committed results files: the same files for both, which
 # tests/test_report_browser.py checks (the report's rows are standard.csv's).
 #   benchmarks/make_report.sh                       # the default set below
 #   benchmarks/make_report.sh results/a.jsonl ...   # other files (they must be mergeable: docs/definitions.md)
@@ -29,3 +29,5 @@ advbench leaderboard merge "${files[@]}" --output-dir leaderboards --name standa
 # shellcheck disable=SC2086  # REPORT_ARGS is split into options on purpose
 advbench report "${files[@]}" -o leaderboards/report.html \
     --title "advbench: the committed results (tiny world)" ${REPORT_ARGS:-}
+# The README's excerpt of standard.csv (its top rows per domain and attack)
+python benchmarks/readme_excerpt.py
