@@ -94,8 +94,9 @@ def search_summary(result: Any, selection_seed: int, keep: float) -> dict[str, A
 
 def run_job(job: Job, suite: Any, store: Any, options: Any, selection_seed: int, keep: float = 0.5,
             on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Search (unless every reported cell is in ``store`` already), then run the winner on every seed; the
-    records in seed order. ``on_record`` sees each record as it is appended (or found)."""
+    """Search, then run the winner on every seed; the records in seed order. Without a search when some seeds
+    are in ``store`` already: the others then get the adversary those records name, so a job never mixes two
+    winners. ``on_record`` sees each record as it is appended (or found)."""
     from advbench.halving import worst_case_search
     from advbench.runner import run_cell
 
@@ -106,10 +107,13 @@ def run_job(job: Job, suite: Any, store: Any, options: Any, selection_seed: int,
             if on_record:
                 on_record(rec)
         return records
-    result, _ = worst_case_search(job.defense, job.domain, suite, options, selection_seed, keep, job.base,
-                                  job.mixed_precision, job.model)
-    adversary = next(a for a in suite.adversaries if a.id == result.winner)
-    summary = search_summary(result, selection_seed, keep)
+    if done:  # some seeds were reported: the others get the same adversary (and search) as they did
+        summary = next(iter(done.values()))["search"]
+    else:
+        result, _ = worst_case_search(job.defense, job.domain, suite, options, selection_seed, keep, job.base,
+                                      job.mixed_precision, job.model)
+        summary = search_summary(result, selection_seed, keep)
+    adversary = next(a for a in suite.adversaries if a.id == summary["winner"])
     records = []
     for seed in job.seeds:
         rec = done.get(seed) or run_cell(job.cell(suite, adversary, seed, selection_seed), store, options,

@@ -215,3 +215,22 @@ def test_leaderboard_command_puts_intervals_where_asked(grid, tmp_path):
         df = pd.read_csv(io.StringIO(out.output))
         rows[choice] = int(df["mitigation_power_ci_low"].notna().sum())
     assert rows == {"none": 0, "worst-case": 1, "all": 2}
+
+
+def test_a_job_extended_to_new_seeds_keeps_its_adversary_without_searching(grid, tmp_path, monkeypatch):
+    import shutil
+    import tomllib
+
+    import advbench.halving as halving
+
+    _, grid_dir, results = grid
+    shutil.copy(results, tmp_path / "r.jsonl")
+    suite = parse_suite(tomllib.loads(TINY_SUITE))
+    store = ResultStore(tmp_path / "r.jsonl")
+    old = next(r for r in store.records() if "adversary" in r["cell"] and r["cell"]["defense"]["name"] == "none")
+    monkeypatch.setattr(halving, "worst_case_search", lambda *a, **k: pytest.fail("searched again"))
+    job = Job(PluginSpec("defense", "none"), PluginSpec("domain", "toy-images"), (0, 1, 5))
+    records = run_job(job, suite, store, RunOptions(cache_dir=grid_dir / "cache", progress=False), 10_000)
+    assert [r["cell"]["seed"] for r in records] == [0, 1, 5]
+    assert {r["cell"]["adversary"]["id"] for r in records} == {old["cell"]["adversary"]["id"]}
+    assert records[2]["search"] == old["search"]
