@@ -4,8 +4,8 @@
 
 Columns: MP at every budget (mean over seeds), MP-AUC and MP at the final budget with their 95 % intervals
 (:mod:`advbench.intervals`: seeds, and images where the records hold per-image values), legal impact, the
-illegal recognition of the undefended → defended model at the final budget, and whether the row mitigates in
-words. The tables in docs/results.md §6 and later are printed by this script.
+illegal recognition of the undefended → defended model at the final budget, and whether the row mitigates
+(the leaderboard's verdict, short form: yes / not shown / no, it helps the attacker / undetermined). The tables in docs/results.md §6 and later are printed by this script.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def domain_table(df: pd.DataFrame, domain: str) -> list[str]:
             column = f"illegal_{recognition}_mean"
             undefended = base[column].get((row["attack"], row["threat_model"]), float("nan")) if len(base) else math.nan
             cells.append(f"{undefended:.2f} → {row[column]:.2f}")
-        cells.append(str(row.get("mitigates", "")))
+        cells.append(str(row.get("mitigates", "")).split(":")[0])  # the verdict's short form (yes / not shown / ...)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -91,7 +91,7 @@ def test_curve_table_rows_carry_seed_intervals_and_the_verdict():
     row = next(line for line in lines if line.startswith("| guard vs fullft"))
     mp = df[df["defense"] == "guard"].iloc[0]
     assert f"+{mp['mitigation_power_mean']:.2f} [+{mp['mitigation_power_ci_low']:.2f}, " in row
-    assert "0.90 → 0.50" in row and row.rstrip(" |").endswith("lies above 0")
+    assert "0.90 → 0.50" in row and row.rstrip(" |").endswith("| yes")
 
 
 def test_search_cost_counts_the_steps_of_every_rung():
