@@ -280,7 +280,7 @@ def generate_stage(run: _CellRun, model_dir: Path, source: dict[str, str], cls: 
 
 def score_stage(run: _CellRun, gen_dir: Path, gen_key: str, cls: str, budget: int | None) -> dict[str, Any]:
     """Every metric of the domain, and the cell's added ones, on one class's generated images, against its
-    held-out references: ``{"role"?, "values": {metric: value}, "per_image"?: {primary: [value per image]}}``
+    held-out references: ``{"values": {metric: value}, "per_image": {primary: [value per image]}}``
     (``per_image`` when the primary metric is a mean over images, :meth:`Metric.per_image`)."""
     from advbench.data import examples_to_array
 
