@@ -205,6 +205,8 @@ def build_leaderboard(records: list[dict[str, Any]], intervals: str = "worst-cas
     ``legal_impact_b{B}_mean``/``_std`` for every budget B in the file describe the anytime curves (definitions
     in ``docs/definitions.md``). Rows whose seeds were run at different budgets are a :class:`DataError`.
     """
+    if intervals not in ("worst-case", "all", "none"):
+        raise ValueError(f"intervals must be worst-case, all or none, not {intervals!r}")
     scored = score_records(records)
     directions = _directions(records)
     names: list[str] = []
