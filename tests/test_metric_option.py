@@ -138,7 +138,8 @@ def _cell_of(record_cell):
     return Cell(spec("defense"), spec("attack"), spec("domain"), record_cell["threat_model"], record_cell["seed"],
                 None if model.startswith("default:") else model,
                 tuple(record_cell["budgets"]) if "budgets" in record_cell else None,
-                record_cell.get("base", "naive"), record_cell.get("mixed_precision", "no"))
+                record_cell.get("base", "naive"), record_cell.get("mixed_precision", "no"),
+                adversary=record_cell.get("adversary"))
 
 
 def test_cells_without_added_metrics_keep_their_committed_ids():
