@@ -16,7 +16,7 @@ interrupted rung's unfinished candidate trains again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from advbench.cells import Cell, PluginSpec, with_base
 
@@ -92,21 +92,16 @@ def search_summary(result: Any, selection_seed: int, keep: float) -> dict[str, A
                       for r in result.rungs]}
 
 
-def run_job(job: Job, suite: Any, store: Any, options: Any, selection_seed: int, keep: float = 0.5,
-            on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def run_job(job: Job, suite: Any, store: Any, options: Any, selection_seed: int, keep: float = 0.5) -> list[dict[str, Any]]:
     """Search, then run the winner on every seed; the records in seed order. Without a search when some seeds
     are in ``store`` already: the others then get the adversary those records name, so a job never mixes two
-    winners. ``on_record`` sees each record as it is appended (or found)."""
+    winners."""
     from advbench.halving import worst_case_search
     from advbench.runner import run_cell
 
     done = reported(store.records(), job, suite, selection_seed) if store is not None else {}
     if all(seed in done for seed in job.seeds):
-        records = [done[seed] for seed in job.seeds]
-        for rec in records:
-            if on_record:
-                on_record(rec)
-        return records
+        return [done[seed] for seed in job.seeds]
     if done:  # some seeds were reported: the others get the same adversary (and search) as they did
         summary = next(iter(done.values()))["search"]
     else:
@@ -119,8 +114,6 @@ def run_job(job: Job, suite: Any, store: Any, options: Any, selection_seed: int,
         rec = done.get(seed) or run_cell(job.cell(suite, adversary, seed, selection_seed), store, options,
                                          annotations={"search": summary})
         records.append(rec)
-        if on_record:
-            on_record(rec)
     return records
 
 
@@ -150,16 +143,7 @@ def verdict(defended: list[dict[str, Any]], undefended: list[dict[str, Any]]) ->
     df = build_leaderboard([*defended, *undefended])
     row = df[df["defense"] != NONE].iloc[0]
     against = undefended[0]["cell"]["adversary"]["id"]
-    return (f"worst case ({worst_label(_suite_of(defended[0]))}): MP {row['mitigation_power_mean']:+.3f} "
+    return (f"worst case ({defended[0]['cell']['attack']['label']}): MP {row['mitigation_power_mean']:+.3f} "
             f"[95% CI {row['mitigation_power_ci_low']:+.3f}, {row['mitigation_power_ci_high']:+.3f}; "
             f"{row['ci_over']}], strongest adversary {row['adversary']} (undefended: {against}); "
             f"mitigates: {row['mitigates']}")
-
-
-def _suite_of(record: dict[str, Any]) -> Any:
-    from types import SimpleNamespace
-
-    adversary = record["cell"]["adversary"]
-    return SimpleNamespace(id=adversary["suite"], version=adversary["version"])
-
-
