@@ -103,3 +103,24 @@ def test_search_cost_counts_the_steps_of_every_rung():
                          "ladders": [{"attack": "fullft"}, {"attack": "lora"}, {"attack": "dreambooth"},
                                      {"attack": "dreambooth-lora"}, {"attack": "textual-inversion"}]})
     assert len(suite.adversaries) == 25 and cost.search_steps(suite) == 25 * 25 + 13 * 25 + 7 * 50 + 4 * 100
+
+
+def test_recognition_table_lists_illegal_and_legal_recognition_per_seed_and_defense():
+    table = load("recognition_table")
+
+    def r(defense, attack, seed, illegal, legal):
+        return make_record(defense=defense, attack=attack, seed=seed,
+                           illegal={"a": {"identity-recognition": illegal}},
+                           legal={"b": {"identity-recognition": legal}},
+                           higher_is_better={"identity-recognition": True}, primary="identity-recognition")
+
+    records = [r("uce", "no-attack", 0, 0.25, 1.0), r("none", "no-attack", 0, 1.0, 0.75),
+               r("none", "no-attack", 1, 0.5, 0.5), r("uce", "no-attack", 1, 0.75, 0.5),
+               r("uce", "fullft", 0, 1.0, 1.0)]
+    lines = table.tables(records, ["no-attack"], None)
+    assert lines[:4] == ["toy, no-attack: identity-recognition, illegal / legal", "",
+                         "| seed | none | uce |", "| --- | --- | --- |"]  # the undefended model first
+    assert "| 0 | 1.00 / 0.75 | 0.25 / 1.00 |" in lines and "| 1 | 0.50 / 0.50 | 0.75 / 0.50 |" in lines
+    assert "| mean | 0.75 / 0.62 | 0.50 / 0.75 |" in lines
+    assert not any("fullft" in line for line in lines)  # only the attacks asked for
+    assert table.tables(records, ["no-attack"], ["portraits"]) == []
