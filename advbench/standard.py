@@ -68,8 +68,22 @@ def same_measurement(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _without_per_image(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_per_image(v) for k, v in value.items() if k != "per_image"}
+    if isinstance(value, list):
+        return [_without_per_image(v) for v in value]
+    return value
+
+
 def _measured(rec: dict[str, Any]) -> dict[str, Any]:
-    return {k: rec.get(k) for k in MEASURED}
+    """What two copies of a cell must agree on: :data:`MEASURED` without the per-image values, which records
+    written before score stage version 2 lack (their means are the class values, checked on read)."""
+    return _without_per_image({k: rec.get(k) for k in MEASURED})
+
+
+def _has_per_image(rec: dict[str, Any]) -> bool:
+    return any("per_image" in row for row in rec["metrics"]["classes"].values())
 
 
 def _budgets(rec: dict[str, Any]) -> Any:
@@ -79,8 +93,9 @@ def _budgets(rec: dict[str, Any]) -> Any:
 def merge_records(sources: list[tuple[str | Path, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
     """The records of all ``sources`` concatenated, each a shallow copy with :data:`SOURCES` (the files holding it).
 
-    A cell id found in several files is kept once (the first file's copy) when its measurement (:data:`MEASURED`)
-    is the same in all of them up to float round-off (:func:`same_measurement`); otherwise, and when two files put records in one domain that differ in world, base model, metric
+    A cell id found in several files is kept once (the first file's copy, or the first with per-image values) when
+    its measurement (:data:`MEASURED`, per-image values aside) is the same in all of them up to float round-off
+    (:func:`same_measurement`); otherwise, and when two files put records in one domain that differ in world, base model, metric
     weights, advbench version or device type (:func:`advbench.numerics.signature`), or two different cells in one
     row and seed, or one row at different budgets, a :class:`DataError` names both files.
     """
@@ -99,8 +114,11 @@ def merge_records(sources: list[tuple[str | Path, list[dict[str, Any]]]]) -> lis
                 raise DataError(f"cell {cid} ('{_label(_key(rec))}', seed {rec['cell']['seed']}) is in {first_file[cid]} "
                                 f"and {name} with different measurements; keep one of them (merge only files whose "
                                 "shared cells agree)")
-            elif name not in kept[cid][SOURCES]:
-                kept[cid][SOURCES].append(name)
+            else:
+                if _has_per_image(rec) and not _has_per_image(kept[cid]):  # keep the copy intervals can resample
+                    kept[cid] = {**rec, SOURCES: kept[cid][SOURCES]}
+                if name not in kept[cid][SOURCES]:
+                    kept[cid][SOURCES].append(name)
     _check_comparable(every)
     merged = list(kept.values())
     _check_slots(merged)

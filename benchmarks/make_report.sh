@@ -8,7 +8,12 @@
 # - calibration.jsonl: its undefended LoRA cell on portraits, seed 0, is another configuration than the one of
 #   meta-defenses.jsonl under the same row label, which `advbench report` (like `leaderboard merge`) refuses;
 # - ci.jsonl: the former CI grid, the same cells as freezeasguard.jsonl under other labels (R-30 = R[p=0.3]),
-#   which would only repeat those rows.
+#   which would only repeat those rows;
+# - uce.jsonl and uce-probe.jsonl: their undefended and UCE cells on the exposed base were measured again in
+#   darkminer.jsonl (which has every such cell of uce.jsonl) under transformers 5.25.0 instead of 5.24.0, where
+#   the exposed base trains to other numbers (docs/results.md §5, "Re-measured"): the same cells with different
+#   measurements, which `merge` refuses. uce.jsonl's naive-base cells are freezeasguard.jsonl's; uce-probe.jsonl's
+#   UCE(add_prompts=true) probes are left out with it (docs/results.md §5 quotes them).
 # results/regression.jsonl (the CI regression benchmark, domain `portraits-small`) is in: its cells are the only
 # committed ones with thumbnails for every defense, so the report shows each defense's images there.
 # Extra options for `advbench report` go in REPORT_ARGS, e.g. REPORT_ARGS="--ratings ratings.csv".
@@ -20,7 +25,7 @@ else
     files=()
     for f in results/*.jsonl; do
         case "$(basename "$f")" in
-            calibration.jsonl | ci.jsonl) ;;
+            calibration.jsonl | ci.jsonl | uce.jsonl | uce-probe.jsonl) ;;
             *) files+=("$f") ;;
         esac
     done

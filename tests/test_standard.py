@@ -123,6 +123,26 @@ def test_same_cell_id_identical_kept_once_different_refused(tmp_path):
         merge_records(load_sources([a, _write(tmp_path / "near.jsonl", [near])]))
 
 
+def test_a_copy_with_per_image_values_agrees_with_one_without_and_is_the_one_kept(tmp_path):
+    """Records written before per-image values existed and a rerun with them are one measurement when the class
+    values agree; the merged copy is the one with per-image values (intervals resample images there)."""
+    base, old = rec("none", 0.4, 0.5), rec("guard", 0.6, 0.55)
+    new = copy.deepcopy(old)
+    new["metrics"]["classes"]["a"]["per_image"] = {"dist": [0.5, 0.7]}
+    new["metrics"]["classes"]["b"]["per_image"] = {"dist": [0.55, 0.55]}
+    a, b = _write(tmp_path / "a.jsonl", [base, old]), _write(tmp_path / "b.jsonl", [new])
+    merged = {r["cell_id"]: r for r in merge_records(load_sources([a, b]))}
+    kept = merged[old["cell_id"]]
+    assert kept["metrics"]["classes"]["a"]["per_image"] == {"dist": [0.5, 0.7]}
+    assert kept["source_files"] == [str(a), str(b)]
+    # the other order keeps the same copy; other class values still conflict
+    assert merge_records(load_sources([b, a]))[0]["metrics"]["classes"]["a"]["per_image"] == {"dist": [0.5, 0.7]}
+    moved = copy.deepcopy(new)
+    moved["metrics"]["illegal"]["dist"] = 0.65
+    with pytest.raises(DataError, match="with different measurements"):
+        merge_records(load_sources([a, _write(tmp_path / "c.jsonl", [moved])]))
+
+
 def test_two_cells_in_one_row_and_seed_are_refused_naming_both_files(tmp_path):
     a = _write(tmp_path / "a.jsonl", [rec("none", 0.4, 0.5)])
     other = make_record(defense="none", attack_params={"steps": 99}, illegal={"a": {"dist": 0.4}})
