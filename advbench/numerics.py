@@ -5,7 +5,7 @@ different cells. Some things that change numbers are not: the advbench version t
 device type (cpu, cuda, mps), the domain's data version (the tiny world's version), the base model's weights and
 the metrics' weights. They are recorded in ``provenance``, and :func:`check_comparable` refuses to put records
 whose values differ into one comparison (a leaderboard domain: every row there is scored against the same
-undefended baseline). A record that lacks one of them (written before it was recorded) is not compared on it.
+undefended baseline). On the exposed base it also refuses two exposed bases of one seed (:func:`base_signature`). A record that lacks one of them (written before it was recorded) is not compared on it.
 """
 
 from __future__ import annotations
@@ -45,13 +45,34 @@ def signature(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_comparable(records: list[dict[str, Any]], group_of) -> None:
+def base_signature(record: dict[str, Any]) -> dict[str, Any]:
+    """Per seed, the exposed base the record's cell started from: the final loss of its fine-tuning (empty on the
+    naive base). Its stage key names a recipe, not the weights it trained to, and those move with the numerics
+    (another transformers version: docs/results.md §5): a defended cell and the undefended cell it is compared
+    with must share one exposed base, which a pair whose base was rebuilt in between would not."""
+    base = (record.get("provenance") or {}).get("base") or {}
+    if base.get("base") != "exposed" or base.get("final_loss") is None:
+        return {}
+    return {"exposed base (final loss of its fine-tuning)": base["final_loss"]}
+
+
+def seed_group(group_of):
+    """``group_of`` narrowed to one seed: the groups in which :func:`base_signature` must agree."""
+    return lambda rec: f"{group_of(rec)}, seed {(rec.get('cell') or {}).get('seed')}"
+
+
+def check_comparable(records: list[dict[str, Any]], group_of, signature_of=None) -> None:
     """Refuse (a :class:`DataError` naming both cells and both values) when two records of one group differ in
-    any signature entry; ``group_of(record)`` names the group, e.g. the leaderboard's domain column."""
+    any signature entry; ``group_of(record)`` names the group, e.g. the leaderboard's domain column. Without
+    ``signature_of`` both checks run: :func:`signature` per group and :func:`base_signature` per group and seed."""
+    if signature_of is None:
+        check_comparable(records, group_of, signature)
+        check_comparable(records, seed_group(group_of), base_signature)
+        return
     first: dict[tuple[str, str], tuple[Any, str]] = {}
     for rec in records:
         group = group_of(rec)
-        for name, value in signature(rec).items():
+        for name, value in signature_of(rec).items():
             if value is None:
                 continue
             seen = first.setdefault((group, name), (value, rec["cell_id"]))

@@ -10,6 +10,7 @@ are in ``docs/definitions.md`` ("Standard leaderboard"). This module never impor
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections import defaultdict
@@ -21,7 +22,7 @@ import pandas as pd
 
 from advbench.errors import DataError
 from advbench.leaderboard import BASELINE, KEYS, _key, _label, build_leaderboard
-from advbench.numerics import signature
+from advbench.numerics import base_signature, seed_group, signature
 from advbench.safeio import atomic_write
 
 #: A record's source files, added to the (copied) records by :func:`merge_records`.
@@ -96,7 +97,8 @@ def merge_records(sources: list[tuple[str | Path, list[dict[str, Any]]]]) -> lis
     A cell id found in several files is kept once (the first file's copy, or the first with per-image values) when
     its measurement (:data:`MEASURED`, per-image values aside) is the same in all of them up to float round-off
     (:func:`same_measurement`); otherwise, and when two files put records in one domain that differ in world, base model, metric
-    weights, advbench version or device type (:func:`advbench.numerics.signature`), or two different cells in one
+    weights, advbench version or device type (:func:`advbench.numerics.signature`), or two records of one seed on
+    the exposed base differ in that base (:func:`advbench.numerics.base_signature`), or two different cells in one
     row and seed, or one row at different budgets, a :class:`DataError` names both files.
     """
     kept: dict[str, dict[str, Any]] = {}
@@ -148,16 +150,20 @@ def _check_comparable(every: list[tuple[dict[str, Any], str]]) -> None:
     from advbench.cells import domain_key
 
     first: dict[tuple[str, str], tuple[Any, str, str]] = {}
-    for rec, name in every:
-        group = domain_key(rec["cell"])
-        for what, value in signature(rec).items():
+    checks = [(lambda rec: domain_key(rec["cell"]), signature, "merge only results of one world and model"),
+              (seed_group(lambda rec: domain_key(rec["cell"])), base_signature,
+               "that seed's exposed base was rebuilt between them (another package version or machine); merge only "
+               "results built on one exposed base")]
+    for (rec, name), (group_of, signature_of, hint) in itertools.product(every, checks):
+        group = group_of(rec)
+        for what, value in signature_of(rec).items():
             if value is None:  # not recorded (older records): not compared, as numerics does
                 continue
             seen = first.setdefault((group, what), (value, rec["cell_id"], name))
             if seen[0] != value:
                 raise DataError(f"records of '{group}' differ in {what}: {seen[2]} (cell {seen[1]}) has "
                                 f"{_short(seen[0])}, {name} (cell {rec['cell_id']}) has {_short(value)}; their "
-                                "numbers are not comparable: merge only results of one world and model")
+                                f"numbers are not comparable: {hint}")
 
 
 def _short(value: Any) -> str:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from advbench.cache import StageCache
 from advbench.cells import Cell, PluginSpec
 from advbench.errors import DataError
-from advbench.numerics import check_comparable, signature
+from advbench.numerics import base_signature, check_comparable, signature
 from advbench.results import cell_id
 from advbench.runner import RunOptions, _CellRun
 from tests.toyworld import ToyPlugin, fast_attack_args
@@ -87,3 +87,31 @@ def test_one_domain_under_two_settings_needs_two_labels(temp_plugin):
     with pytest.raises(DataError, match="differ in domain parameters: cell a has"):
         check_comparable([a, b], lambda r: r["cell"]["domain"]["name"])
     check_comparable([a, b], lambda r: r["cell_id"])  # under two labels they are two domains
+
+
+def test_one_seed_on_the_exposed_base_must_share_one_exposed_base(tmp_path):
+    """Two exposures with one stage key that trained to different weights (another transformers version) are
+    refused within a seed, by the leaderboard and by the merge; other seeds and the naive base are not compared."""
+    from advbench.leaderboard import build_leaderboard
+    from advbench.standard import load_sources, merge_records
+    from tests.test_results import make_record
+
+    def rec(defense, seed, loss):
+        r = make_record(defense=defense, seed=seed)
+        r["cell"]["base"] = "exposed"
+        r["provenance"]["base"] = {"base": "exposed", "final_loss": loss}
+        return r
+
+    same = [rec("none", 0, 0.131), rec("guard", 0, 0.131), rec("none", 1, 0.096), rec("guard", 1, 0.096)]
+    build_leaderboard(same)  # one base per seed, seeds differ: fine
+    rebuilt = [rec("none", 0, 0.13119), rec("guard", 0, 0.13168)]
+    with pytest.raises(DataError, match=r"'toy \(exposed\), seed 0' differ in exposed base \(final loss of its "
+                                        r"fine-tuning\): cell .* has 0.13119, cell .* has 0.13168"):
+        build_leaderboard(rebuilt)
+    a = tmp_path / "a.jsonl"
+    b = tmp_path / "b.jsonl"
+    a.write_text(json.dumps(rebuilt[0]) + "\n")
+    b.write_text(json.dumps(rebuilt[1]) + "\n")
+    with pytest.raises(DataError, match=f"{a} .* has 0.13119, {b} .* has 0.13168; .* exposed base was rebuilt"):
+        merge_records(load_sources([a, b]))
+    check_comparable([_record("n", base={"base": "naive"}), _record("m")], lambda r: "toy", base_signature)
