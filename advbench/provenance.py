@@ -51,10 +51,23 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return versions
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``; "" if unknown).
+    Two CPUs of one platform string can train an exposed base to other weights (docs/results.md §5)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def provenance(device: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Where and with what a record was produced.
 
-    ``extra`` is merged in last; the runner passes ``torch_threads`` (this module does not import torch) and
+    ``extra`` is merged in last; the runner passes ``torch_threads`` and ``torch_cpu_capability`` (this module
+    does not import torch) and
     ``plugins`` (for each plugin of the cell, the entry point and the version of the distribution providing it).
     """
     from advbench import __version__
@@ -71,6 +84,7 @@ def provenance(device: str, extra: dict[str, Any] | None = None) -> dict[str, An
         "plugins": {},
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
         "device": device,
     }
     info.update(extra or {})

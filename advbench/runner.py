@@ -387,4 +387,6 @@ def _provenance_extra(cell: Cell) -> dict[str, Any]:
     plugins = {spec.kind: {spec.name: spec.source_version()} for spec in (cell.defense, cell.attack, cell.domain)}
     if cell.metrics:  # added metrics (--metric) may come from third-party plugins: record which version scored
         plugins["metric"] = {spec.name: spec.source_version() for spec in cell.metrics}
-    return {"torch_threads": torch.get_num_threads(), "plugins": plugins}
+    # The CPU kernels torch dispatches to (AVX2, AVX512, ...) order float sums differently: recorded beside the CPU.
+    return {"torch_threads": torch.get_num_threads(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "plugins": plugins}

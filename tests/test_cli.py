@@ -24,11 +24,19 @@ def invoke(runner, *args):
 
 
 def test_run_prints_illegal_legal_table(runner, tmp_path):
+    import torch
+
     results = tmp_path / "r.jsonl"
-    out = invoke(runner, "run", "--defense", "random", "--defense-arg", "p=0.3", "--attack", "fullft",
-                 "--attack-arg", "steps=2", "--attack-arg", "batch_size=2", "--domain", "toy",
-                 "--results", str(results), "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--quiet")
+    threads = torch.get_num_threads()
+    try:
+        out = invoke(runner, "run", "--defense", "random", "--defense-arg", "p=0.3", "--attack", "fullft",
+                     "--attack-arg", "steps=2", "--attack-arg", "batch_size=2", "--domain", "toy",
+                     "--results", str(results), "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--quiet",
+                     "--threads", "1")
+    finally:
+        torch.set_num_threads(threads)
     assert out.exit_code == 0, out.output
+    assert {r["provenance"]["torch_threads"] for r in map(json.loads, results.read_text().splitlines())} == {1}
     assert "mean illegal" in out.output and "mean legal" in out.output and "class_3" in out.output
     # the verdict: the undefended cell ran too, and MP/LI are printed at each budget (default 1 and 2 here)
     records = [json.loads(line) for line in results.read_text().splitlines()]

@@ -158,7 +158,21 @@ def test_provenance_without_torch_import(monkeypatch):
     assert prov["packages"]["torch"]  # found from metadata
     assert prov["git_commit"] is None or len(prov["git_commit"]) == 40
     assert prov["git_dirty"] in (None, True, False)
+    assert isinstance(prov["cpu"], str)
     json.dumps(prov)  # JSON-able
+
+
+def test_cpu_model_reads_cpuinfo(monkeypatch, tmp_path):
+    from advbench import provenance as prov_module
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Test 9999\nflags\t: fpu\n")
+    real_path = prov_module.Path
+    monkeypatch.setattr(prov_module, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p))
+    assert prov_module.cpu_model() == "Intel(R) Xeon(R) Test 9999"
+    monkeypatch.setattr(prov_module, "Path", lambda p: tmp_path / "missing" if p == "/proc/cpuinfo" else real_path(p))
+    monkeypatch.setattr(prov_module.platform, "processor", lambda: "arm64")
+    assert prov_module.cpu_model() == "arm64"
 
 
 def test_git_state_outside_a_repository(tmp_path):

@@ -49,6 +49,7 @@ def test_cell_end_to_end_record(toy, tmp_path):
     assert record["defense_info"]["frozen_tensors"] > 0
     assert record["cell"]["defense"]["params"] == {"p": 0.5, "unit": "tensors"}
     assert record["provenance"]["torch_threads"] >= 1
+    assert record["provenance"]["torch_cpu_capability"] and isinstance(record["provenance"]["cpu"], str)
     assert [r["cell_id"] for r in store.records()] == [record["cell_id"]]
     # a rerun finds the finished cell and appends nothing
     again = run_cell(cell("random", {"p": "0.5"}), store, opts(tmp_path))

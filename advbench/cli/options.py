@@ -9,7 +9,7 @@ from advbench.errors import UserError
 
 
 def execution_options(func):
-    """--cache-dir, --no-cache, --device, --mixed-precision, --quiet."""
+    """--cache-dir, --no-cache, --device, --mixed-precision, --threads, --quiet."""
     decorators = [
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                      help="Stage cache folder (default: $ADVBENCH_CACHE or .advbench_cache)."),
@@ -18,6 +18,8 @@ def execution_options(func):
                      help="cpu, cuda, cuda:N, mps, or auto (cuda when available)."),
         click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no",
                      show_default=True, help="Mixed precision for fine-tuning (accelerate)."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="torch CPU threads for this process (default: torch's choice, usually all cores)."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for decorator in reversed(decorators):
@@ -55,10 +57,15 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def run_options(cache_dir, no_cache, device, quiet, **extra):
-    """RunOptions of the execution options (``--mixed-precision`` goes into the cell: it changes the numbers)."""
+def run_options(cache_dir, no_cache, device, quiet, threads=None, **extra):
+    """RunOptions of the execution options (``--mixed-precision`` goes into the cell: it changes the numbers);
+    ``--threads`` is set on torch here, for the whole process."""
     from advbench.runner import RunOptions
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     return RunOptions(cache_dir=cache_dir, use_cache=not no_cache, device=resolve_device(device),
                       progress=not quiet, **extra)
 
