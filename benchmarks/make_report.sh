@@ -4,7 +4,7 @@
 # tests/test_report_browser.py checks (the report's rows are standard.csv's).
 #   benchmarks/make_report.sh                       # the default set below
 #   benchmarks/make_report.sh results/a.jsonl ...   # other files (they must be mergeable: docs/definitions.md)
-# The default is every results/*.jsonl except two that cannot or should not join the others:
+# The default is every results/*.jsonl except those that cannot or should not join the others:
 # - calibration.jsonl: its undefended LoRA cell on portraits, seed 0, is another configuration than the one of
 #   meta-defenses.jsonl under the same row label, which `advbench report` (like `leaderboard merge`) refuses;
 # - ci.jsonl: the former CI grid, the same cells as freezeasguard.jsonl under other labels (R-30 = R[p=0.3]),
@@ -14,6 +14,8 @@
 #   the exposed base trains to other numbers (docs/results.md §5, "Re-measured"): the same cells with different
 #   measurements, which `merge` refuses. uce.jsonl's naive-base cells are freezeasguard.jsonl's; uce-probe.jsonl's
 #   UCE(add_prompts=true) probes are left out with it (docs/results.md §5 quotes them).
+# - regression-h200-*.jsonl: the regression grid run on a lent GPU (docs/benchmarks.md): the same cells as
+#   regression.jsonl on another device, which `merge` refuses to average (device is part of a domain's numerics).
 # results/regression.jsonl (the CI regression benchmark, domain `portraits-small`) is in: its cells are the only
 # committed ones with thumbnails for every defense, so the report shows each defense's images there.
 # Extra options for `advbench report` go in REPORT_ARGS, e.g. REPORT_ARGS="--ratings ratings.csv".
@@ -25,7 +27,7 @@ else
     files=()
     for f in results/*.jsonl; do
         case "$(basename "$f")" in
-            calibration.jsonl | ci.jsonl | uce.jsonl | uce-probe.jsonl) ;;
+            calibration.jsonl | ci.jsonl | uce.jsonl | uce-probe.jsonl | regression-h200-*.jsonl) ;;
             *) files+=("$f") ;;
         esac
     done
