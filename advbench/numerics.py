@@ -5,7 +5,8 @@ different cells. Some things that change numbers are not: the advbench version t
 device type (cpu, cuda, mps), the domain's data version (the tiny world's version), the base model's weights and
 the metrics' weights. They are recorded in ``provenance``, and :func:`check_comparable` refuses to put records
 whose values differ into one comparison (a leaderboard domain: every row there is scored against the same
-undefended baseline). On the exposed base it also refuses two exposed bases of one seed (:func:`base_signature`). A record that lacks one of them (written before it was recorded) is not compared on it.
+undefended baseline). On the exposed base it also refuses two exposed bases of one seed (:func:`base_signature`).
+A record that lacks one of them (written before it was recorded) is not compared on it.
 """
 
 from __future__ import annotations
