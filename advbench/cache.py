@@ -3,7 +3,9 @@
 Every stage of a cell (protect, adapt, generate, score) writes its output into a folder named by a hash of
 everything its output depends on. A stage is built in a temporary sibling folder ``<root>/<stage>/.<key12>-XXXX``
 and renamed into place only when it finished (with a ``.complete`` marker inside), so a killed run never leaves a
-half-built entry and the next run rebuilds it; a final folder without ``.complete`` is rebuilt too.
+half-built entry and the next run rebuilds it; a final folder without ``.complete`` is rebuilt too. When two
+processes (shards) build the same stage at once, the first to finish wins and the other drops its copy: a
+finished entry is never replaced while someone may be reading it (only a disabled cache rebuilds one).
 
 A temporary folder holds an ``.owner`` file (pid, hostname, start time), touched every few minutes while its
 build runs. Before building, the stale temporary folders of that stage are removed: those of a dead process on
@@ -214,8 +216,12 @@ class StageCache:
             beat.stop()
             (tmp / OWNER).unlink()
             (tmp / COMPLETE).write_text(stage)
-            if final.exists():  # a stale, incomplete or disabled-cache entry
-                shutil.rmtree(final, ignore_errors=True)
+            if self.enabled and (final / COMPLETE).exists():
+                # another process (a second shard) finished the same stage meanwhile: keep theirs, since it may
+                # be reading the folder right now, and drop ours (the `finally` below)
+                return final, False
+            if final.exists():  # an incomplete entry, or a finished one a disabled cache rebuilds
+                self._remove([Removed(final, 0, "replaced")])
             try:
                 os.replace(tmp, final)
             except OSError as exc:  # another process put the same stage in place meanwhile: keep theirs

@@ -108,6 +108,32 @@ def test_a_final_folder_without_complete_is_rebuilt(tmp_path):
     assert not cached and sorted(p.name for p in folder.iterdir()) == [".complete", "new.txt"]
 
 
+def test_a_stage_another_process_finished_meanwhile_is_kept_not_replaced(tmp_path):
+    # two shards build the same stage at once: the one that finishes second must not remove the first one's
+    # folder, which that shard may be reading (CI's regression bench once failed on exactly that)
+    cache = StageCache(tmp_path / "c")
+    theirs = {}
+
+    def build(folder):
+        (folder / "scores.json").write_text("ours")
+        theirs["folder"], _ = StageCache(tmp_path / "c").get_or_build(
+            "score", KEY, lambda f: (f / "scores.json").write_text("theirs"))
+        theirs["inode"] = theirs["folder"].stat().st_ino
+
+    folder, cached = cache.get_or_build("score", KEY, build)
+    assert not cached and folder == theirs["folder"] and folder.stat().st_ino == theirs["inode"]
+    assert (folder / "scores.json").read_text() == "theirs"
+    assert [p.name for p in folder.parent.iterdir()] == [KEY]  # our build folder is gone
+
+
+def test_a_disabled_cache_replaces_a_finished_entry(tmp_path):
+    StageCache(tmp_path / "c").get_or_build("score", KEY, lambda f: (f / "s.json").write_text("old"))
+    folder, cached = StageCache(tmp_path / "c", enabled=False).get_or_build(
+        "score", KEY, lambda f: (f / "s.json").write_text("new"))
+    assert not cached and (folder / "s.json").read_text() == "new"
+    assert [p.name for p in folder.parent.iterdir()] == [KEY]
+
+
 @pytest.mark.parametrize("failure, reason", [
     (OSError(errno.ENOSPC, "No space left on device"), "no space left on device"),
     (OSError(errno.EDQUOT, "Disk quota exceeded"), "disk quota exceeded"),
