@@ -62,26 +62,33 @@ def seed_group(group_of):
     return lambda rec: f"{group_of(rec)}, seed {(rec.get('cell') or {}).get('seed')}"
 
 
-def check_comparable(records: list[dict[str, Any]], group_of, signature_of=None) -> None:
-    """Refuse (a :class:`DataError` naming both cells and both values) when two records of one group differ in
+RERUN_HINT = "keep them in separate results files (or rerun the older cells)"
+
+
+def check_comparable(records: list[dict[str, Any]], group_of, signature_of=None, name_of=None,
+                     hints: dict | None = None) -> None:
+    """Refuse (a :class:`DataError` naming both records and both values) when two records of one group differ in
     any signature entry; ``group_of(record)`` names the group, e.g. the leaderboard's domain column. Without
-    ``signature_of`` both checks run: :func:`signature` per group and :func:`base_signature` per group and seed."""
+    ``signature_of`` both checks run: :func:`signature` per group and :func:`base_signature` per group and seed.
+    ``name_of(record)`` says where a record came from (default ``cell <id>``); ``hints`` maps a signature
+    function to the fix the message suggests (default :data:`RERUN_HINT`). An entry a record lacks (``None``:
+    older records) is not compared."""
     if signature_of is None:
-        check_comparable(records, group_of, signature)
-        check_comparable(records, seed_group(group_of), base_signature)
+        check_comparable(records, group_of, signature, name_of, hints)
+        check_comparable(records, seed_group(group_of), base_signature, name_of, hints)
         return
-    first: dict[tuple[str, str], tuple[Any, str]] = {}
+    name_of = name_of or (lambda rec: f"cell {rec['cell_id']}")
+    hint = (hints or {}).get(signature_of, RERUN_HINT)
+    first: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
     for rec in records:
         group = group_of(rec)
         for name, value in signature_of(rec).items():
             if value is None:
                 continue
-            seen = first.setdefault((group, name), (value, rec["cell_id"]))
+            seen = first.setdefault((group, name), (value, rec))
             if seen[0] != value:
-                shown = [_short(seen[0]), _short(value)]
-                raise DataError(f"records of '{group}' differ in {name}: cell {seen[1]} has {shown[0]}, cell "
-                                f"{rec['cell_id']} has {shown[1]}; their numbers are not comparable: keep them in "
-                                f"separate results files (or rerun the older cells)")
+                raise DataError(f"records of '{group}' differ in {name}: {name_of(seen[1])} has {_short(seen[0])}, "
+                                f"{name_of(rec)} has {_short(value)}; their numbers are not comparable: {hint}")
 
 
 def _short(value: Any) -> str:

@@ -10,7 +10,6 @@ are in ``docs/definitions.md`` ("Standard leaderboard"). This module never impor
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 from collections import defaultdict
@@ -22,7 +21,7 @@ import pandas as pd
 
 from advbench.errors import DataError
 from advbench.leaderboard import BASELINE, KEYS, _key, _label, build_leaderboard
-from advbench.numerics import base_signature, seed_group, signature
+from advbench.numerics import base_signature, check_comparable, signature
 from advbench.safeio import atomic_write
 
 #: A record's source files, added to the (copied) records by :func:`merge_records`.
@@ -149,26 +148,12 @@ def _check_comparable(every: list[tuple[dict[str, Any], str]]) -> None:
     """:func:`advbench.numerics.check_comparable` per domain, naming the files (every copy of a cell counts)."""
     from advbench.cells import domain_key
 
-    first: dict[tuple[str, str], tuple[Any, str, str]] = {}
-    checks = [(lambda rec: domain_key(rec["cell"]), signature, "merge only results of one world and model"),
-              (seed_group(lambda rec: domain_key(rec["cell"])), base_signature,
-               "that seed's exposed base was rebuilt between them (another package version or machine); merge only "
-               "results built on one exposed base")]
-    for (rec, name), (group_of, signature_of, hint) in itertools.product(every, checks):
-        group = group_of(rec)
-        for what, value in signature_of(rec).items():
-            if value is None:  # not recorded (older records): not compared, as numerics does
-                continue
-            seen = first.setdefault((group, what), (value, rec["cell_id"], name))
-            if seen[0] != value:
-                raise DataError(f"records of '{group}' differ in {what}: {seen[2]} (cell {seen[1]}) has "
-                                f"{_short(seen[0])}, {name} (cell {rec['cell_id']}) has {_short(value)}; their "
-                                f"numbers are not comparable: {hint}")
-
-
-def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 24 else text[:12] + "…"
+    where = {id(rec): name for rec, name in every}
+    check_comparable([rec for rec, _ in every], lambda rec: domain_key(rec["cell"]),
+                     name_of=lambda rec: f"{where[id(rec)]} (cell {rec['cell_id']})",
+                     hints={signature: "merge only results of one world and model",
+                            base_signature: "that seed's exposed base was rebuilt between them (another package "
+                                            "version or machine); merge only results built on one exposed base"})
 
 
 def _check_slots(records: list[dict[str, Any]]) -> None:

@@ -114,4 +114,10 @@ def test_one_seed_on_the_exposed_base_must_share_one_exposed_base(tmp_path):
     b.write_text(json.dumps(rebuilt[1]) + "\n")
     with pytest.raises(DataError, match=f"{a} .* has 0.13119, {b} .* has 0.13168; .* exposed base was rebuilt"):
         merge_records(load_sources([a, b]))
+    one, other = rec("none", 1, 0.096), rec("guard", 1, 0.096)
+    one["provenance"]["model_fingerprint"], other["provenance"]["model_fingerprint"] = "one world", "another"
+    a.write_text(json.dumps(one) + "\n")
+    b.write_text(json.dumps(other) + "\n")
+    with pytest.raises(DataError, match=f"differ in .*{a} .*, {b} .*; .* merge only results of one world and model"):
+        merge_records(load_sources([a, b]))
     check_comparable([_record("n", base={"base": "naive"}), _record("m")], lambda r: "toy", base_signature)
