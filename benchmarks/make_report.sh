@@ -14,6 +14,9 @@
 #   the exposed base trains to other numbers (docs/results.md §5, "Re-measured"): the same cells with different
 #   measurements, which `merge` refuses. uce.jsonl's naive-base cells are freezeasguard.jsonl's; uce-probe.jsonl's
 #   UCE(add_prompts=true) probes are left out with it (docs/results.md §5 quotes them).
+# - worst-case-exposed.jsonl: its searches ran on exposed bases rebuilt on another machine than darkminer.jsonl's
+#   for portraits and artworks seeds 0-1 (another final loss), which `merge` refuses to mix; its leaderboard is
+#   leaderboards/worst-case-exposed.* (docs/results.md §7);
 # - regression-h200-*.jsonl: the regression grid run on a lent GPU (docs/benchmarks.md): the same cells as
 #   regression.jsonl on another device, which `merge` refuses to average (device is part of a domain's numerics).
 # results/regression.jsonl (the CI regression benchmark, domain `portraits-small`) is in: its cells are the only
@@ -27,7 +30,8 @@ else
     files=()
     for f in results/*.jsonl; do
         case "$(basename "$f")" in
-            calibration.jsonl | ci.jsonl | uce.jsonl | uce-probe.jsonl | regression-h200-*.jsonl) ;;
+            calibration.jsonl | ci.jsonl | uce.jsonl | uce-probe.jsonl | worst-case-exposed.jsonl \
+                | regression-h200-*.jsonl) ;;
             *) files+=("$f") ;;
         esac
     done
