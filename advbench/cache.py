@@ -306,6 +306,12 @@ class StageCache:
             done.append(item)
         return done
 
+    def discard(self, stage: str, keys: Iterable[str], why: str = "discarded") -> list[Removed]:
+        """Remove these complete entries of ``stage`` (those that exist), renamed away first like :meth:`prune`
+        does; what was removed, with its size. The caller knows nothing will read them again."""
+        found = [Removed(self.path(stage, key), 0, why) for key in sorted(set(keys)) if self.path(stage, key).is_dir()]
+        return self._remove(found)
+
     def info(self) -> list[StageStats]:
         """One :class:`StageStats` per folder under the root (none when the root does not exist)."""
         now = time.time()

@@ -1,7 +1,7 @@
 """Successive halving over attacker configurations: the search behind the worst-case adversary (issue 21).
 
-`advbench search` runs it (docs/adversaries.md); running the winners on the reported seeds and the
-worst-case leaderboard columns are still to be built.
+`advbench search` runs it alone (docs/adversaries.md); `bench`/`run` with an adversary suite run it per defense
+and domain and then the winner on the reported seeds (:mod:`advbench.worstcase`).
 
 A search gives every candidate the first budget, keeps the stronger half (by the domain's primary metric on the
 illegal classes: the better forgery), gives the survivors the next budget, and so on (Jamieson & Talwalkar 2016,
@@ -35,6 +35,9 @@ class Halving:
     """A finished search: the rungs in order and the winner (the strongest candidate of the last rung)."""
 
     rungs: list[Rung] = field(default_factory=list)
+    #: the adapt-stage cache keys each candidate's training wrote or read (every budget it reached), so the
+    #: losers' snapshots can be dropped once the search is reported (:func:`advbench.worstcase.run_job`)
+    adapt_keys: dict[str, set[str]] = field(default_factory=dict, compare=False)
 
     @property
     def winner(self) -> str:
@@ -90,6 +93,7 @@ class RungScore:
     values: dict[str, dict[str, float]]
     primary: str
     higher_is_better: bool
+    adapt_keys: tuple[str, ...] = ()  # the adapt-stage entries behind it: every budget up to this one, per class
 
     @property
     def illegal(self) -> float:
@@ -110,15 +114,17 @@ def rung_scores(cell: Any, budget: int, options: Any = None, validate: bool = Tr
     run = _CellRun(cell, options, StageCache(options.cache_dir, enabled=options.use_cache))
     run.prepare_base()
     protected, protect_key = protect_stage(run)
-    out = {}
+    out, keys = {}, []
     for role, cls in run.classes():
         if role != "illegal":
             continue
-        *_, (reached, adapt_dir, adapt_key) = adapt_stage(run, protected, protect_key, role, cls, stop_after=budget)
+        snapshots = adapt_stage(run, protected, protect_key, role, cls, stop_after=budget)
+        keys += [key for _, _, key in snapshots]
+        reached, adapt_dir, adapt_key = snapshots[-1]
         gen_dir, gen_key = generate_stage(run, adapt_dir / "model", {"adapt": adapt_key}, cls, reached)
         out[cls] = score_stage(run, gen_dir, gen_key, cls, reached)["values"]
     primary = run.domain.primary_metric
-    return RungScore(out, primary, bool(run.metrics[primary].higher_is_better))
+    return RungScore(out, primary, bool(run.metrics[primary].higher_is_better), tuple(keys))
 
 
 def worst_case_search(defense: Any, domain: Any, suite: Any, options: Any = None, seed: int = SELECTION_SEED,
@@ -137,9 +143,15 @@ def worst_case_search(defense: Any, domain: Any, suite: Any, options: Any = None
     for n, cell in enumerate(cells.values()):  # every mistake before any work; data and model checked once
         cell.validate(deep=n == 0)
 
+    adapt_keys: dict[str, set[str]] = {}
+
     def score(adversary: str, budget: int) -> float:
-        return rung_scores(cells[adversary], budget, options, validate=False).illegal
+        found = rung_scores(cells[adversary], budget, options, validate=False)
+        adapt_keys.setdefault(adversary, set()).update(found.adapt_keys)
+        return found.illegal
 
     built = domain.build()  # the direction of the primary metric, as the runner builds it
     stronger_high = bool(build_metric(built.primary_metric, built).higher_is_better)
-    return successive_halving(list(cells), suite.budgets, score, stronger_high, keep), cells
+    result = successive_halving(list(cells), suite.budgets, score, stronger_high, keep)
+    result.adapt_keys = adapt_keys
+    return result, cells

@@ -49,6 +49,7 @@ class RunOptions:
     device: str = "cpu"
     progress: bool = True
     on_stage: Callable[[str, dict[str, Any]], None] | None = None
+    keep_search_snapshots: bool = False  # a worst-case job keeps its losing adversaries' adapt snapshots
 
 
 @dataclass

@@ -10,7 +10,10 @@ against no defense (threat-model column ``any``: a winner may comply with the de
 
 A job whose reported cells are all in the results file is done: nothing is searched again. A killed search
 resumes from the stage cache (every rung's adapt, generate and score stages are cached), so only the
-interrupted rung's unfinished candidate trains again.
+interrupted rung's unfinished candidate trains again. Once every reported cell is in the results file, the
+losing adversaries' training snapshots (their adapt stages on the selection seed: model weights and optimizer
+state at every rung, most of a search's disk) are removed from the cache, since nothing reads them again; their
+sampled images and scores stay. ``RunOptions.keep_search_snapshots`` (``--keep-search-snapshots``) keeps them.
 """
 
 from __future__ import annotations
@@ -95,13 +98,15 @@ def search_summary(result: Any, selection_seed: int, keep: float) -> dict[str, A
 def run_job(job: Job, suite: Any, store: Any, options: Any, selection_seed: int, keep: float = 0.5) -> list[dict[str, Any]]:
     """Search, then run the winner on every seed; the records in seed order. Without a search when some seeds
     are in ``store`` already: the others then get the adversary those records name, so a job never mixes two
-    winners."""
+    winners. After a search whose reported records are all in ``store``, the losers' adapt snapshots are
+    removed from the cache unless ``options.keep_search_snapshots``."""
     from advbench.halving import worst_case_search
     from advbench.runner import run_cell
 
     done = reported(store.records(), job, suite, selection_seed) if store is not None else {}
     if all(seed in done for seed in job.seeds):
         return [done[seed] for seed in job.seeds]
+    result = None
     if done:  # some seeds were reported: the others get the same adversary (and search) as they did
         summary = next(iter(done.values()))["search"]
     else:
@@ -114,7 +119,21 @@ def run_job(job: Job, suite: Any, store: Any, options: Any, selection_seed: int,
         rec = done.get(seed) or run_cell(job.cell(suite, adversary, seed, selection_seed), store, options,
                                          annotations={"search": summary})
         records.append(rec)
+    if result is not None and store is not None and not options.keep_search_snapshots:
+        drop_losers(result, options)
     return records
+
+
+def drop_losers(result: Any, options: Any) -> int:
+    """Remove the adapt-stage entries only the search's losing candidates used; the bytes freed."""
+    from advbench.cache import StageCache
+
+    if not options.use_cache:
+        return 0
+    winner = result.adapt_keys.get(result.winner, set())
+    losers = set().union(*(keys for name, keys in result.adapt_keys.items() if name != result.winner)) - winner
+    removed = StageCache(options.cache_dir).discard("adapt", losers, "a losing adversary's snapshot")
+    return sum(item.bytes for item in removed)
 
 
 def jobs_for(cells: list[Cell]) -> list[Job]:

@@ -134,6 +134,17 @@ def test_a_disabled_cache_replaces_a_finished_entry(tmp_path):
     assert [p.name for p in folder.parent.iterdir()] == [KEY]
 
 
+def test_discard_removes_the_named_entries_only_and_measures_them(tmp_path):
+    cache = StageCache(tmp_path / "c")
+    other = "cd" * 32
+    for key in (KEY, other):
+        cache.get_or_build("adapt", key, lambda f: (f / "w.bin").write_bytes(b"x" * 1000))
+    removed = cache.discard("adapt", [KEY, "ef" * 32], "a loser")  # a key never built is no error
+    assert [(r.path.name, r.bytes >= 1000, r.why) for r in removed] == [(KEY, True, "a loser")]
+    assert not cache.has("adapt", KEY) and cache.has("adapt", other)
+    assert [p.name for p in (tmp_path / "c" / "adapt").iterdir()] == [other]  # no renamed leftovers
+
+
 @pytest.mark.parametrize("failure, reason", [
     (OSError(errno.ENOSPC, "No space left on device"), "no space left on device"),
     (OSError(errno.EDQUOT, "Disk quota exceeded"), "disk quota exceeded"),

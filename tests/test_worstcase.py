@@ -164,6 +164,32 @@ def test_a_killed_search_resumes_from_the_stage_cache(grid, tmp_path, monkeypatc
     assert steps == [] and len(records) == 1 and np.isfinite(records[0]["metrics"]["illegal"]["toy-image-brightness"])
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_reported_search_drops_the_losers_snapshots_unless_kept(grid, tmp_path, keep):
+    """Once the winner's cells are in the results file the losers' adapt stages go (most of a search's disk);
+    the winner's stay, and so do every candidate's images and scores."""
+    import tomllib
+
+    from advbench.cache import StageCache
+    from advbench.halving import worst_case_search
+
+    suite = parse_suite(tomllib.loads(TINY_SUITE))
+    job = Job(PluginSpec("defense", "none"), PluginSpec("domain", "toy-images"), (0,))
+    searched = tmp_path / "searched"
+    search, _ = worst_case_search(job.defense, job.domain, suite, RunOptions(cache_dir=searched, progress=False))
+    losers = set().union(*(k for name, k in search.adapt_keys.items() if name != search.winner))
+    assert len(search.adapt_keys) == len(suite.adversaries) and losers  # every candidate's snapshots are known
+    options = RunOptions(cache_dir=tmp_path / "c", progress=False, keep_search_snapshots=keep)
+    records = run_job(job, suite, ResultStore(tmp_path / "r.jsonl"), options, 10_000)
+    cache = StageCache(tmp_path / "c")
+    assert records[0]["cell"]["adversary"]["id"] == search.winner
+    assert all(cache.has("adapt", key) for key in search.adapt_keys[search.winner])
+    assert [cache.has("adapt", key) for key in sorted(losers)] == [keep] * len(losers)
+    for stage in ("generate", "score"):  # the images and scores of every rung are untouched
+        names = {p.name for p in (searched / stage).iterdir()}
+        assert names and names <= {p.name for p in (tmp_path / "c" / stage).iterdir()}
+
+
 def test_markdown_headline_and_sensitivity_plot(grid):
     from advbench.headline import sensitivity_points
 

@@ -70,8 +70,9 @@ def run_options(cache_dir, no_cache, device, quiet, threads=None, **extra):
                       progress=not quiet, **extra)
 
 
-def adversary_options(required: bool = False):
-    """--adversaries SUITE.toml, --selection-seed, --keep: the worst-case search (advbench.worstcase)."""
+def adversary_options(required: bool = False, reporting: bool = True):
+    """--adversaries SUITE.toml, --selection-seed, --keep: the worst-case search (advbench.worstcase); with
+    ``reporting`` (run, bench: the winner is reported) also --keep-search-snapshots, which goes to RunOptions."""
     def wrap(func):
         decorators = [
             click.option("--adversaries", "suite_path", required=required, default=None,
@@ -84,6 +85,11 @@ def adversary_options(required: bool = False):
             click.option("--keep", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.5,
                          show_default=True, help="Share of the adversaries that go on to the next rung."),
         ]
+        if reporting:
+            decorators.append(click.option(
+                "--keep-search-snapshots", is_flag=True,
+                help="Keep the losing adversaries' training snapshots in the cache (by default they are removed "
+                     "once the winner's cells are in the results file; their images and scores stay)."))
         for decorator in reversed(decorators):
             func = decorator(func)
         return func

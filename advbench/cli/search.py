@@ -19,7 +19,7 @@ from advbench.exposure import BASES
 @click.option("--defense-arg", "defense_args", multiple=True, metavar="KEY=VALUE", help="Defense parameter.")
 @click.option("--domain", default="portraits", show_default=True, help="Domain plugin.")
 @click.option("--domain-arg", "domain_args", multiple=True, metavar="KEY=VALUE", help="Domain parameter.")
-@adversary_options(required=True)
+@adversary_options(required=True, reporting=False)
 @click.option("--base", type=click.Choice(BASES), default="naive", show_default=True)
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Write the search as JSON.")
 @execution_options
