@@ -167,6 +167,10 @@ def plot_leaderboard(df: pd.DataFrame, path: str | Path) -> Path:
     return save(fig, path)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "x", "P", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
 def plot_sensitivity(records: list[dict[str, Any]], path: str | Path) -> Path | None:
     """Per defense and domain (one panel each): mitigation power against the attacker's learning-rate multiplier,
     one line per attack ladder of the adversary suite, at the search's first rung (every adversary scored there
@@ -181,11 +185,17 @@ def plot_sensitivity(records: list[dict[str, Any]], path: str | Path) -> Path | 
     for p in points:
         panels[(p["domain"], p["defense"], p["suite"], p["budget"])][p["ladder"]].append(
             (p["multiplier"], p["mitigation_power"]))
+    # many ladders sit on the same values (MP 0 where the defense is undone): each ladder gets its own marker
+    # and line style, the same in every panel, so lines drawn over each other stay visible
+    names = sorted({ladder for ladders in panels.values() for ladder in ladders})
+    styles = {name: (MARKERS[i % len(MARKERS)], LINESTYLES[i % len(LINESTYLES)]) for i, name in enumerate(names)}
     fig, axes = figure(len(panels), 7.5, 3.2)
     for ax, ((domain, defense, suite, budget), ladders) in zip(axes, sorted(panels.items())):
         for ladder, xy in sorted(ladders.items()):
             xy.sort()
-            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=ladder)
+            marker, linestyle = styles[ladder]
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker=marker, linestyle=linestyle, markersize=5,
+                    markerfacecolor="none", label=ladder)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("learning rate × the attack's default")

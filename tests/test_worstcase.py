@@ -207,6 +207,22 @@ def test_markdown_headline_and_sensitivity_plot(grid):
     assert {p["budget"] for p in points} == {1} and all(np.isfinite(p["mitigation_power"]) for p in points)
 
 
+def test_sensitivity_lines_are_told_apart_by_marker_and_style(grid, tmp_path, monkeypatch):
+    """Ladders often lie on the same values (MP 0): each one is drawn with its own marker and line style."""
+    from advbench import plots
+
+    _, _, results = grid
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: figures.append(fig) or path)
+    plots.plot_sensitivity(ResultStore(results).records(), tmp_path / "s.png")
+    (fig,) = figures
+    for ax in fig.axes:
+        if not ax.lines:
+            continue
+        looks = {(line.get_marker(), line.get_linestyle()) for line in ax.lines if line.get_label()[:1] != "_"}
+        assert len(looks) == len([line for line in ax.lines if line.get_label()[:1] != "_"]) == 2  # fullft, lora
+
+
 def test_standard_leaderboard_keeps_the_worst_case_rows_and_headline(grid):
     from advbench.standard import build_standard
     from advbench.standard_md import standard_markdown
