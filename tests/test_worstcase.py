@@ -165,29 +165,35 @@ def test_a_killed_search_resumes_from_the_stage_cache(grid, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("keep", [False, True])
-def test_a_reported_search_drops_the_losers_snapshots_unless_kept(grid, tmp_path, keep):
+def test_a_reported_search_drops_the_losers_snapshots_unless_kept(grid, tmp_path, monkeypatch, keep):
     """Once the winner's cells are in the results file the losers' adapt stages go (most of a search's disk);
     the winner's stay, and so do every candidate's images and scores."""
     import tomllib
 
+    import advbench.halving as halving
     from advbench.cache import StageCache
-    from advbench.halving import worst_case_search
 
     suite = parse_suite(tomllib.loads(TINY_SUITE))
     job = Job(PluginSpec("defense", "none"), PluginSpec("domain", "toy-images"), (0,))
-    searched = tmp_path / "searched"
-    search, _ = worst_case_search(job.defense, job.domain, suite, RunOptions(cache_dir=searched, progress=False))
+    cache_dir, seen = tmp_path / "c", {}
+    real_search = halving.worst_case_search
+
+    def search_and_look(*args, **kwargs):  # the job's own search, and the cache as it left it
+        seen["search"], cells = real_search(*args, **kwargs)
+        seen["stages"] = {stage: {p.name for p in (cache_dir / stage).iterdir()} for stage in ("generate", "score")}
+        return seen["search"], cells
+
+    monkeypatch.setattr(halving, "worst_case_search", search_and_look)
+    options = RunOptions(cache_dir=cache_dir, progress=False, keep_search_snapshots=keep)
+    records = run_job(job, suite, ResultStore(tmp_path / "r.jsonl"), options, 10_000)
+    search, cache = seen["search"], StageCache(cache_dir)
     losers = set().union(*(k for name, k in search.adapt_keys.items() if name != search.winner))
     assert len(search.adapt_keys) == len(suite.adversaries) and losers  # every candidate's snapshots are known
-    options = RunOptions(cache_dir=tmp_path / "c", progress=False, keep_search_snapshots=keep)
-    records = run_job(job, suite, ResultStore(tmp_path / "r.jsonl"), options, 10_000)
-    cache = StageCache(tmp_path / "c")
     assert records[0]["cell"]["adversary"]["id"] == search.winner
     assert all(cache.has("adapt", key) for key in search.adapt_keys[search.winner])
     assert [cache.has("adapt", key) for key in sorted(losers)] == [keep] * len(losers)
-    for stage in ("generate", "score"):  # the images and scores of every rung are untouched
-        names = {p.name for p in (searched / stage).iterdir()}
-        assert names and names <= {p.name for p in (tmp_path / "c" / stage).iterdir()}
+    for stage, names in seen["stages"].items():  # the images and scores of every rung are untouched
+        assert names and names <= {p.name for p in (cache_dir / stage).iterdir()}
 
 
 def test_markdown_headline_and_sensitivity_plot(grid):
@@ -219,8 +225,8 @@ def test_sensitivity_lines_are_told_apart_by_marker_and_style(grid, tmp_path, mo
     for ax in fig.axes:
         if not ax.lines:
             continue
-        looks = {(line.get_marker(), line.get_linestyle()) for line in ax.lines if line.get_label()[:1] != "_"}
-        assert len(looks) == len([line for line in ax.lines if line.get_label()[:1] != "_"]) == 2  # fullft, lora
+        ladders = [line for line in ax.lines if not line.get_label().startswith("_")]  # not the MP-0 rule
+        assert len({(line.get_marker(), line.get_linestyle()) for line in ladders}) == len(ladders) == 2  # fullft, lora
 
 
 def test_standard_leaderboard_keeps_the_worst_case_rows_and_headline(grid):
